@@ -1,0 +1,46 @@
+import re
+from pathlib import Path
+
+from importlib import metadata
+
+from setuptools import find_packages, setup
+
+# TensorFlow ships under several names (tensorflow, tensorflow-cpu, tensorflow-macos, ...).
+# Keep one that is already installed rather than pulling a second, multi-GB copy next to it.
+TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tf-nightly")
+
+
+def tensorflow_requirement():
+    for name in TENSORFLOW_DISTRIBUTIONS:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        return f"{name}>=2.16"
+    return "tensorflow>=2.16"
+
+
+version = re.search(r'__version__ = "([^"]+)"',
+                    Path("unet_tf/__init__.py").read_text()).group(1)
+
+setup(
+    name="unet-tf",
+    version=version,
+    description="U-Net (Ronneberger et al. 2015) for microscopy segmentation in TensorFlow/Keras 3",
+    long_description=Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["unet_tf", "unet_tf.*"]),
+    package_data={"unet_tf": ["samples/*/*"]},
+    install_requires=[
+        tensorflow_requirement(),
+        "keras>=3",
+        "numpy",
+        "scipy",
+        "opencv-python-headless",
+        "tifffile",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["unet-tf=unet_tf.cli:main"]},
+)
