@@ -19,8 +19,12 @@ _EXPORTS = {
     "valid_input_size": "model",
     "normalize": "images",
     "weighted_pixel_loss": "losses",
+    "weight_map": "weights",
+    "elastic_deform": "augment",
+    "Augmentation": "augment",
+    "make_dataset": "data",
 }
-_SUBMODULES = ("cli", "datasets", "images", "losses", "model")
+_SUBMODULES = ("augment", "cli", "data", "datasets", "images", "io", "losses", "model", "weights")
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 

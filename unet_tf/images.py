@@ -41,3 +41,24 @@ def normalize_with(image, normalization):
         raise ValueError(f"unknown normalization method {normalization.get('method')!r}, "
                          "expected 'percentile'")
     return normalize(image, normalization["low"], normalization["high"])
+
+
+def reflect_index(index, size):
+    """Map any integer indices into ``[0, size)`` by mirroring about the border pixels.
+
+    The mirror of paper Fig. 2 (numpy ``"reflect"``, OpenCV ``BORDER_REFLECT_101``), periodic so
+    that it also works when the padding is larger than the image.
+    """
+    index = np.asarray(index)
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    index = np.abs(index) % period
+    return np.where(index >= size, period - index, index)
+
+
+def crop_reflect(array, top, left, height, width):
+    """``array[top:top+height, left:left+width]`` with mirrored content outside the array."""
+    rows = reflect_index(np.arange(top, top + height), array.shape[0])
+    cols = reflect_index(np.arange(left, left + width), array.shape[1])
+    return array[np.ix_(rows, cols)] if array.ndim == 2 else array[rows[:, None], cols[None, :]]

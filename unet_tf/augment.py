@@ -1,0 +1,154 @@
+"""Data augmentation as in the paper: elastic deformation, plus flips/rotations and gray values.
+
+Shifts come from the random tile positions of the input pipeline (``unet_tf.data``).
+"""
+
+import dataclasses
+import functools
+
+import cv2
+import numpy as np
+
+from .images import reflect_index
+
+_INTERPOLATION = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}
+_REMAP_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+
+
+def displacement_field(shape, grid=3, sigma=10.0, rng=None):
+    """Smooth random ``(dy, dx)`` float32 fields of ``shape``: Gaussian vectors (std ``sigma``
+    pixels) on a ``grid x grid`` coarse grid, bicubically interpolated to every pixel."""
+    if not (isinstance(grid, int) and grid >= 2):
+        raise ValueError(f"grid must be an integer >= 2, got {grid!r}")
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be a finite number >= 0 (pixels), got {sigma!r}")
+    rng = np.random.default_rng(rng)
+    coarse = rng.normal(0.0, sigma, size=(2, grid, grid)).astype(np.float32)
+    height, width = shape
+    return tuple(cv2.resize(c, (width, height), interpolation=cv2.INTER_CUBIC) for c in coarse)
+
+
+def _remap(image, map_y, map_x, order):
+    """``cv2.remap`` with mirror borders, for any channel count and numeric dtype."""
+    dtype = image.dtype
+    if dtype.type not in _REMAP_DTYPES:
+        image = image.astype(np.float32)
+    flags = dict(interpolation=_INTERPOLATION[order], borderMode=cv2.BORDER_REFLECT_101)
+    if image.ndim == 3 and image.shape[2] > 4:  # cv2 handles at most 4 channels at once
+        out = np.stack([cv2.remap(image[..., c], map_x, map_y, **flags)
+                        for c in range(image.shape[2])], axis=-1)
+    else:
+        out = cv2.remap(image, map_x, map_y, **flags)
+        if image.ndim == 3 and out.ndim == 2:
+            out = out[..., None]
+    return out.astype(dtype, copy=False)
+
+
+def elastic_deform(image, *label_like, grid=3, sigma=10.0, rng=None, order=3):
+    """Deform ``image`` and any label-like arrays with one random smooth displacement field.
+
+    Args:
+        image: ``YX`` or ``YXC`` array, uint8/uint16/float (other dtypes work as float32).
+        *label_like: arrays with the same ``YX`` shape (instance/class labels, weight maps).
+            They are sampled with **nearest** neighbour, so no new label values appear.
+        grid, sigma: the paper's coarse grid (3x3) and displacement std (10 pixels).
+        rng: ``numpy.random.Generator`` or seed; the same seed gives the same deformation.
+        order: interpolation of ``image``: 3 bicubic (paper), 1 bilinear, 0 nearest.
+
+    Borders are mirrored. Returns the deformed image, or a tuple ``(image, *label_like)``.
+
+    Weight maps are passed here as label-like and warped with the same field rather than
+    recomputed from the deformed labels: recomputing costs ~50 ms per 512x512 tile against <1 ms
+    for the warp, and the field is smooth (3x3 control points), so cell-to-cell distances change
+    only by the small local stretch while the peaks stay exactly on the warped gaps.
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be 2-D (YX) or 3-D (YXC), got shape {image.shape}")
+    if order not in _INTERPOLATION:
+        raise ValueError(f"order must be 0, 1 or 3, got {order!r}")
+    height, width = image.shape[:2]
+    for i, label in enumerate(label_like):
+        if np.shape(label)[:2] != (height, width):
+            raise ValueError(f"label-like array {i} has shape {np.shape(label)}, "
+                             f"expected the image's YX shape {(height, width)}")
+    dy, dx = displacement_field((height, width), grid, sigma, rng)
+    rows, cols = _pixel_grid(height, width)
+    map_y, map_x = rows + dy, cols + dx
+    deformed = _remap(image, map_y, map_x, order)
+    if not label_like:
+        return deformed
+    return (deformed, *(_remap_labels(np.asarray(label), map_y, map_x) for label in label_like))
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(height, width):
+    grid = np.mgrid[:height, :width].astype(np.float32)
+    grid.setflags(write=False)
+    return grid[0], grid[1]
+
+
+def _remap_labels(label, map_y, map_x):
+    """Nearest-neighbour warp that returns exactly the input's values, for any dtype."""
+    if label.dtype.type in _REMAP_DTYPES:
+        return _remap(label, map_y, map_x, 0)
+    if np.issubdtype(label.dtype, np.integer) and label.size and 0 <= label.min() <= label.max() < 2 ** 16:
+        return _remap(label.astype(np.uint16), map_y, map_x, 0).astype(label.dtype)
+    height, width = label.shape[:2]  # e.g. int64 labels beyond uint16: index by hand
+    source = (reflect_index(np.rint(map_y).astype(np.int64), height) * width
+              + reflect_index(np.rint(map_x).astype(np.int64), width))
+    return label.reshape(height * width, *label.shape[2:])[source]
+
+
+def flip_rotate(arrays, rng):
+    """Apply one random element of the 8 flips/90-degree rotations to every ``YX[C]`` array."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k, axes=(0, 1))
+        out.append(np.ascontiguousarray(a[:, ::-1] if flip else a))
+    return out
+
+
+def vary_intensity(image, rng, brightness=0.1, contrast=0.2, gamma=0.2):
+    """Random gray-value change of a normalised float image: gamma, then contrast/brightness.
+
+    Gamma ``exp(U(-gamma, gamma))`` acts on the image rescaled to [0, 1] by its own min/max;
+    contrast multiplies by ``1 + U(-contrast, contrast)``; brightness adds ``U(-b, b)``.
+    """
+    image = np.asarray(image, np.float32)
+    lo, hi = float(image.min()), float(image.max())
+    if gamma and hi > lo:
+        g = np.float32(np.exp(rng.uniform(-gamma, gamma)))
+        image = lo + (hi - lo) * ((image - lo) / (hi - lo)) ** g
+    scale = np.float32(1.0 + rng.uniform(-contrast, contrast))
+    shift = np.float32(rng.uniform(-brightness, brightness))
+    return (image * scale + shift).astype(np.float32)
+
+
+@dataclasses.dataclass
+class Augmentation:
+    """Which augmentations the training pipeline applies, and how strongly."""
+    elastic: bool = True
+    grid: int = 3
+    sigma: float = 10.0
+    flip_rotate: bool = True
+    intensity: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.2
+    gamma: float = 0.2
+
+    def margin(self):
+        """Extra context (pixels per side) to deform so that tile borders see real image."""
+        return int(np.ceil(3 * self.sigma)) if self.elastic else 0
+
+    def apply(self, image, labels, weights, rng):
+        """Augment a ``YXC`` float image with its ``YX`` labels and weights (same size)."""
+        if self.flip_rotate:
+            image, labels, weights = flip_rotate((image, labels, weights), rng)
+        if self.elastic and self.sigma > 0:
+            image, labels, weights = elastic_deform(image, labels, weights, grid=self.grid,
+                                                    sigma=self.sigma, rng=rng)
+        if self.intensity:
+            image = vary_intensity(image, rng, self.brightness, self.contrast, self.gamma)
+        return image, labels, weights

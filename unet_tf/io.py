@@ -1,0 +1,122 @@
+"""Reading and writing images: TIFF (8/16-bit, multi-page stacks) and PNG/JPEG/BMP.
+
+A folder of images and a folder of masks are paired by file stem (``cell_01.tif`` with
+``cell_01.png``). Multi-page stacks such as ISBI 2012's ``train-volume.tif`` /
+``train-labels.tif`` become one 2-D frame per page.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+def read_image(path):
+    """Read one file as an array: ``YX``, ``YXC`` or a stack ``ZYX``/``ZYXC`` (TIFF only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            return tifffile.imread(path)
+        except Exception as err:  # tifffile raises many types for a corrupt file
+            raise ValueError(f"cannot read TIFF {path}: {err}") from None
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot read image {path} (not a PNG/JPEG/BMP OpenCV can decode)")
+    if image.ndim == 3:  # OpenCV reads BGR(A)
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return image
+
+
+def _is_channels_last(array, path):
+    if array.ndim != 3:
+        return False
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        with tifffile.TiffFile(path) as tif:
+            return tif.series[0].axes[-1] in "SC"
+    return True
+
+
+def read_frames(path):
+    """Read a file as a list of 2-D frames (``YX`` or ``YXC``): stacks give one per page."""
+    array = read_image(path)
+    if array.ndim == 2 or _is_channels_last(array, path):
+        return [array]
+    if array.ndim in (3, 4):
+        return list(array)
+    raise ValueError(f"{path}: expected a 2-D image or a stack of them, got shape {array.shape}")
+
+
+def list_images(folder, what="images"):
+    """Sorted image files of ``folder``; a clear error if it is missing or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} files in {what} folder {folder}")
+    return files
+
+
+def load_pairs(images_dir, masks_dir):
+    """Images and masks from two folders, matched by file stem.
+
+    Returns ``(images, masks, names)``: lists of 2-D arrays and a name per frame (the stem, plus
+    ``#page`` for stacks). Raises on unmatched names, frame-count or shape mismatches.
+    """
+    images = {p.stem: p for p in list_images(images_dir, "images")}
+    masks = {p.stem: p for p in list_images(masks_dir, "masks")}
+    missing_masks, missing_images = sorted(images.keys() - masks), sorted(masks.keys() - images)
+    if missing_masks or missing_images:
+        raise ValueError(
+            f"images and masks are matched by file name: no mask for {missing_masks[:5]}, "
+            f"no image for {missing_images[:5]} (in {images_dir} / {masks_dir})")
+    out_images, out_masks, names = [], [], []
+    for stem in sorted(images):
+        frames, mask_frames = read_frames(images[stem]), read_frames(masks[stem])
+        if len(frames) != len(mask_frames):
+            raise ValueError(f"{images[stem]} has {len(frames)} frames but {masks[stem]} has "
+                             f"{len(mask_frames)}")
+        for page, (image, mask) in enumerate(zip(frames, mask_frames)):
+            if mask.ndim != 2:
+                raise ValueError(f"mask {masks[stem]} must be a label image (YX), "
+                                 f"got shape {mask.shape}")
+            if image.shape[:2] != mask.shape:
+                raise ValueError(f"{images[stem]} is {image.shape[:2]} but its mask "
+                                 f"{masks[stem]} is {mask.shape}")
+            out_images.append(image)
+            out_masks.append(mask)
+            names.append(stem if len(frames) == 1 else f"{stem}#{page}")
+    return out_images, out_masks, names
+
+
+def write_image(path, array, overwrite=False):
+    """Write ``array`` to ``path`` (TIFF via tifffile, else OpenCV) atomically.
+
+    The file appears complete or not at all: it is written to a temporary sibling, then renamed.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (use --overwrite / overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            tifffile.imwrite(tmp, array, compression="zlib")
+        else:
+            if array.ndim == 3:
+                array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+            if not cv2.imwrite(tmp, array):
+                raise ValueError(f"OpenCV cannot write {array.dtype} {array.shape} as {path.suffix}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
