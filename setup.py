@@ -40,6 +40,7 @@ setup(
         "scipy",
         "opencv-python-headless",
         "tifffile",
+        "tensorboard",  # the TensorBoard callback writes summaries through it
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["unet-tf=unet_tf.cli:main"]},

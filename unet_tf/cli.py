@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import textwrap
+from pathlib import Path
 
 PROG = "unet-tf"
 
@@ -77,6 +78,198 @@ def _add_summary(subparsers):
     p.add_argument("--classes", type=int, default=2, help="output classes (default 2)")
 
 
+# --------------------------------------------------------------------------- train
+
+def _cmd_train(args):
+    from .training import TrainConfig, train
+    config = TrainConfig(
+        out=args.out, images=args.images, masks=args.masks, tile_size=args.tile_size,
+        depth=args.depth, filters=args.filters, upsampling=args.upsampling, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+        optimizer=args.optimizer, learning_rate=args.lr, val_split=args.val_split, w0=args.w0,
+        sigma=args.sigma, augment=not args.no_augment, weight_map=not args.no_weight_map,
+        early_stopping=args.early_stopping, seed=args.seed)
+    train(config, overwrite=args.overwrite, verbose=0 if args.quiet else "auto")
+    print(f"model folder: {args.out}")
+
+
+def _add_train(subparsers):
+    p = _add(subparsers, "train", "train a U-Net on a folder of images and a folder of masks", """
+        unet-tf train --images data/images --masks data/masks --out my-model
+        unet-tf train --images data/images --masks data/masks --out my-model \\
+            --tile-size 252 --depth 4 --filters 16 --epochs 20 --optimizer adam --lr 0.001
+        # killed? the same command resumes from the last completed epoch
+        """, _cmd_train)
+    p.add_argument("--images", required=True, help="folder of images (TIFF/PNG, 8/16-bit, stacks)")
+    p.add_argument("--masks", required=True,
+                   help="folder of masks with the images' file names (instance or 0/255)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--tile-size", type=int, default=572, help="input tile, a valid size (572)")
+    _add_architecture_args(p)
+    p.add_argument("--filters", type=int, default=64, help="channels of the first level (64)")
+    p.add_argument("--epochs", type=int, default=50, help="epochs (50)")
+    p.add_argument("--steps-per-epoch", type=int, default=100, help="batches per epoch (100)")
+    p.add_argument("--batch-size", type=int, default=1, help="tiles per batch (1, as the paper)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                   help="SGD with momentum 0.99 (paper) or Adam")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate (0.01)")
+    p.add_argument("--val-split", type=float, default=0.2,
+                   help="fraction of whole images held out for validation (0.2)")
+    p.add_argument("--w0", type=float, default=10.0, help="weight map border weight (10)")
+    p.add_argument("--sigma", type=float, default=5.0, help="weight map border width, px (5)")
+    p.add_argument("--no-augment", action="store_true", help="no elastic/flip/intensity augmentation")
+    p.add_argument("--no-weight-map", action="store_true", help="uniform pixel weights")
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE "
+                   "epochs without improvement")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished model folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# --------------------------------------------------------------------------- predict
+
+def _output_path(out_dir, source):
+    suffix = ".tif" if source.suffix.lower() in (".tif", ".tiff") else ".png"
+    return Path(out_dir) / f"{source.stem}{suffix}"
+
+
+def _cmd_predict(args):
+    from .io import IMAGE_SUFFIXES, list_images, read_frames, write_image
+    from .postprocess import label_image, overlay
+    from .tiling import predict_tiled
+    from .training import load_model_folder
+    import numpy as np
+
+    inputs = []
+    for item in map(Path, args.inputs):
+        if item.is_dir():
+            inputs.extend(list_images(item, "input"))
+        elif not item.is_file():
+            raise FileNotFoundError(f"input not found: {item}")
+        elif item.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"{item}: expected one of {'/'.join(IMAGE_SUFFIXES)}")
+        else:
+            inputs.append(item)
+    planned = {}
+    for source in inputs:
+        labels = _output_path(args.out, source)
+        paths = [labels, labels.with_name(f"{source.stem}_overlay.png")]
+        if args.probabilities:
+            paths.append(labels.with_name(f"{source.stem}_probabilities.tif"))
+        clash = [p for p in paths if p.exists()] if not args.overwrite else []
+        if clash:
+            raise FileExistsError(f"{clash[0]} exists (use --overwrite to replace it)")
+        if labels in planned:
+            raise ValueError(f"{source} and {planned[labels]} would both write {labels}")
+        planned[labels] = source
+    model, config = load_model_folder(args.model)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for labels_path, source in planned.items():
+        frames = read_frames(source)
+        results = [predict_tiled(model, frame, tile_size=args.tile_size or config["tile_size"],
+                                 batch_size=args.batch_size, output="probabilities",
+                                 progress=not args.quiet, normalization=config["normalization"])
+                   for frame in frames]
+        masks = [label_image(r.argmax(-1), config["architecture"]["num_classes"]) for r in results]
+        stack = lambda arrays: arrays[0] if len(arrays) == 1 else np.stack(arrays)
+        write_image(labels_path, stack(masks), overwrite=args.overwrite)
+        write_image(labels_path.with_name(f"{source.stem}_overlay.png"),
+                    overlay(frames[0], masks[0]), overwrite=args.overwrite)
+        if args.probabilities:
+            write_image(labels_path.with_name(f"{source.stem}_probabilities.tif"),
+                        stack(results), overwrite=args.overwrite)
+        print(f"{source} -> {labels_path} ({int(masks[0].max())} objects"
+              f"{' in frame 0' if len(masks) > 1 else ''})")
+
+
+def _add_predict(subparsers):
+    p = _add(subparsers, "predict", "segment images of any size with a trained model folder", """
+        unet-tf predict my-model cells.tif --out predictions
+        unet-tf predict my-model data/new/ --out predictions --probabilities
+        """, _cmd_predict)
+    p.add_argument("model", help="model folder written by `unet-tf train`")
+    p.add_argument("inputs", nargs="+", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="folder for label masks (same names as the "
+                   "inputs), NAME_overlay.png and NAME_probabilities.tif")
+    p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    p.add_argument("--tile-size", type=int, help="input tile (default: the training tile size)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (4)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+def _metric_table(rows):
+    columns = ("foreground_iou", "pixel_error", "rand_error", "f1", "ap50", "mean_ap", "merged",
+               "split")
+    width = max(len(name) for name in [*rows, "mean"]) + 2
+    lines = ["image".ljust(width) + "".join(c.rjust(15) for c in columns)]
+    mean = {c: sum(r[c] for r in rows.values()) / len(rows) for c in columns}
+    for name, row in [*rows.items(), ("mean", mean)]:
+        lines.append(name.ljust(width) + "".join(
+            (f"{row[c]:15.4f}" if isinstance(row[c], float) else f"{row[c]:15d}") for c in columns))
+    return "\n".join(lines), mean
+
+
+def evaluate_folder(model, config, images, masks, names, progress=False):
+    """Metrics per image (dict name -> metrics) of a model on image/mask pairs."""
+    from .metrics import evaluate
+    from .tiling import predict_tiled
+    rows = {}
+    for name, image, mask in zip(names, images, masks):
+        labels = predict_tiled(model, image, tile_size=config["tile_size"], output="labels",
+                               progress=progress, normalization=config["normalization"])
+        rows[name] = evaluate(mask, labels)
+    return rows
+
+
+def _cmd_evaluate(args):
+    import json
+    from .io import load_pairs
+    from .training import load_model_folder
+    images, masks, names = load_pairs(args.images, args.masks)
+    model, config = load_model_folder(args.model)
+    rows = evaluate_folder(model, config, images, masks, names, progress=not args.quiet)
+    table, mean = _metric_table(rows)
+    print(table)
+    if args.json:
+        from .training import write_atomically
+        write_atomically(args.json, lambda tmp: Path(tmp).write_text(
+            json.dumps({"images": rows, "mean": mean}, indent=2)))
+        print(f"metrics: {args.json}")
+
+
+def _add_evaluate(subparsers):
+    p = _add(subparsers, "evaluate", "score a model folder against ground-truth masks", """
+        unet-tf evaluate my-model --images data/test/images --masks data/test/masks
+        unet-tf evaluate my-model --images imgs --masks masks --json metrics.json
+        """, _cmd_evaluate)
+    p.add_argument("model", help="model folder written by `unet-tf train`")
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--masks", required=True, help="folder of true masks (same file names)")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# --------------------------------------------------------------------------- demo
+
+def _cmd_demo(args):
+    from .demo import run_demo
+    run_demo(args.out, epochs=args.epochs, overwrite=args.overwrite, quiet=args.quiet)
+
+
+def _add_demo(subparsers):
+    p = _add(subparsers, "demo", "train, predict and evaluate on the bundled nuclei sample", """
+        unet-tf demo                          # writes ./unet-tf-demo, about 3 minutes on 2 CPU cores
+        unet-tf demo --out /tmp/demo --overwrite
+        """, _cmd_demo)
+    p.add_argument("--out", default="unet-tf-demo", help="folder for data, model and results")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (demo default)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's results")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 # --------------------------------------------------------------------------- main
 
 def _import_tensorflow_quietly():
@@ -108,7 +301,7 @@ def build_parser():
         description="U-Net segmentation for microscopy: train, predict, evaluate, export.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_sizes, _add_summary):
+    for add in (_add_demo, _add_train, _add_predict, _add_evaluate, _add_sizes, _add_summary):
         add(subparsers)
     return parser
 

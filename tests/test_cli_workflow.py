@@ -1,0 +1,76 @@
+"""The CLI end to end on a tiny model: train -> predict -> evaluate, and its errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from unet_tf.io import write_image
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "unet_tf.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, sample):
+    image, instances = sample
+    root = tmp_path_factory.mktemp("cli")
+    for name, rows in (("top", slice(0, 200)), ("bottom", slice(300, 512))):
+        write_image(root / "images" / f"{name}.tif", image[rows])
+        write_image(root / "masks" / f"{name}.png", ((instances[rows] > 0) * 255).astype(np.uint8))
+    result = run_cli("train", "--images", root / "images", "--masks", root / "masks",
+                     "--out", root / "model", "--tile-size", 124, "--depth", 3, "--filters", 4,
+                     "--epochs", 1, "--steps-per-epoch", 2, "--batch-size", 2, "--quiet")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_train_writes_model_folder(workspace):
+    assert (workspace / "model" / "model.keras").is_file()
+    assert json.loads((workspace / "model" / "config.json").read_text())["tile_size"] == 124
+
+
+def test_predict_writes_masks_with_the_inputs_names_and_sizes(workspace, sample):
+    image, _ = sample
+    write_image(workspace / "odd.png", (image[:97, :301] // 2).astype(np.uint8))
+    out = workspace / "pred"
+    result = run_cli("predict", workspace / "model", workspace / "images", workspace / "odd.png",
+                     "--out", out, "--probabilities", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert tifffile.imread(out / "top.tif").shape == (200, 512)
+    assert tifffile.imread(out / "bottom_probabilities.tif").shape == (212, 512, 2)
+    import cv2
+    assert cv2.imread(str(out / "odd.png"), cv2.IMREAD_UNCHANGED).shape == (97, 301)
+    assert cv2.imread(str(out / "odd_overlay.png")).shape == (97, 301, 3)
+    again = run_cli("predict", workspace / "model", workspace / "odd.png", "--out", out)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_evaluate_prints_a_table_and_json(workspace):
+    result = run_cli("evaluate", workspace / "model", "--images", workspace / "images",
+                     "--masks", workspace / "masks", "--json", workspace / "m.json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "foreground_iou" in result.stdout and "mean" in result.stdout
+    metrics = json.loads((workspace / "m.json").read_text())
+    assert set(metrics["images"]) == {"top", "bottom"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "{ws}/nope", "{ws}/odd.png", "--out", "{ws}/x"], "model folder not found"),
+    (["predict", "{ws}/model", "{ws}/missing.tif", "--out", "{ws}/x"], "input not found"),
+    (["train", "--images", "{ws}/nope", "--masks", "{ws}/masks", "--out", "{ws}/m2"],
+     "images folder not found"),
+    (["evaluate", "{ws}/model", "--images", "{ws}/images", "--masks", "{ws}/empty"],
+     "masks folder not found"),
+])
+def test_bad_paths_give_one_line_and_exit_code_2(workspace, args, message):
+    result = run_cli(*[a.format(ws=workspace) for a in args])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("unet-tf: error: ")
+    assert message in result.stderr
+    assert not (workspace / "x").exists() and not (workspace / "m2").exists()

@@ -1,0 +1,78 @@
+"""``unet-tf demo``: the whole workflow on the bundled nuclei image, in a few minutes on a CPU.
+
+The left three quarters of the 512x512 DSB2018 image train a small U-Net (weight maps, elastic
+deformation); the right quarter, never seen in training, is predicted with overlap-tile and
+scored. Everything is written as ordinary files, so the CLI commands printed at the end rerun
+each step on them.
+"""
+
+import json
+import time
+from pathlib import Path
+
+from .datasets import load_sample
+from .io import write_image
+from .metrics import evaluate
+from .postprocess import label_image, overlay
+from .tiling import predict_tiled
+from .training import TrainConfig, train, write_atomically
+
+# Small enough for ~3 minutes of training on 2 CPU cores, large enough for IoU ~0.87.
+DEMO_SETTINGS = dict(tile_size=188, depth=4, filters=16, dropout=0.0, epochs=20,
+                     steps_per_epoch=40, batch_size=4, optimizer="adam", learning_rate=1e-3,
+                     val_split=0.0, seed=0)
+TRAIN_COLUMNS = 384
+
+
+def run_demo(out="unet-tf-demo", epochs=None, overwrite=False, quiet=False):
+    """Train, predict and evaluate on the bundled sample; returns the held-out metrics."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty (use --overwrite to replace the demo there)")
+    start = time.perf_counter()
+    image, instances = load_sample()
+    data = out / "data"
+    for split, columns in (("train", slice(0, TRAIN_COLUMNS)), ("test", slice(TRAIN_COLUMNS, None))):
+        write_image(data / split / "images" / "nuclei.tif", image[:, columns], overwrite=True)
+        write_image(data / split / "masks" / "nuclei.tif", instances[:, columns], overwrite=True)
+
+    settings = dict(DEMO_SETTINGS, **({"epochs": epochs} if epochs else {}))
+    config = TrainConfig(out=str(out / "model"), images=str(data / "train" / "images"),
+                         masks=str(data / "train" / "masks"), **settings)
+    print(f"training a U-Net (depth {config.depth}, {config.filters} filters, tile "
+          f"{config.tile_size}) on {image.shape[0]}x{TRAIN_COLUMNS} pixels of the sample "
+          f"for {config.epochs} epochs ...", flush=True)
+    model = train(config, overwrite=True, verbose=0 if quiet else 2)
+    trained = time.perf_counter()
+
+    test_image, test_mask = image[:, TRAIN_COLUMNS:], instances[:, TRAIN_COLUMNS:]
+    labels = predict_tiled(model, test_image, tile_size=config.tile_size, output="labels",
+                           normalization=config.normalization)
+    predicted = label_image(labels)
+    predictions = out / "predictions"
+    write_image(predictions / "nuclei.tif", predicted, overwrite=True)
+    write_image(predictions / "nuclei_overlay.png", overlay(test_image, predicted), overwrite=True)
+    write_image(predictions / "nuclei_truth_overlay.png", overlay(test_image, test_mask),
+                overwrite=True)
+    metrics = evaluate(test_mask, predicted)
+    write_atomically(out / "metrics.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+    done = time.perf_counter()
+
+    print(f"\nheld-out quarter ({test_image.shape[0]}x{test_image.shape[1]} pixels, "
+          f"{metrics['true']} nuclei, never seen in training):")
+    print(f"  foreground IoU   {metrics['foreground_iou']:.3f}")
+    print(f"  pixel error      {metrics['pixel_error']:.3f}")
+    print(f"  Rand error       {metrics['rand_error']:.3f}")
+    print(f"  nuclei F1 @0.5   {metrics['f1']:.3f}   ({metrics['predicted']} found, "
+          f"{metrics['merged']} merged, {metrics['split']} split)")
+    print(f"\ntime: training {trained - start:.0f} s, prediction and scoring {done - trained:.0f} s")
+    print(f"written to {out}/:")
+    print(f"  data/            the train/test split as image + mask folders")
+    print(f"  model/           model folder (model.keras, config.json, history.csv, logs/)")
+    print(f"  predictions/     nuclei.tif (labels), nuclei_overlay.png (look at it), truth overlay")
+    print(f"  metrics.json")
+    print(f"next: unet-tf predict {out}/model {data}/test/images --out {out}/again --overwrite")
+    print(f"      unet-tf evaluate {out}/model --images {data}/test/images --masks {data}/test/masks")
+    print(f"      tensorboard --logdir {out}/model/logs")
+    return metrics

@@ -1,0 +1,151 @@
+"""Segmentation metrics on numpy label images (``YX``).
+
+Semantic: IoU per class and of the foreground, pixel error. Segment-level: the ISBI 2012 Rand
+error on connected components of the foreground, and instance matching at IoU thresholds
+(precision, recall, F1, the DSB2018 average precision, merged and split cells). Masks from a
+two-class U-Net are turned into instances by connected components (:func:`instances`).
+"""
+
+import numpy as np
+from scipy import ndimage as ndi
+
+THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
+
+
+def _pair(truth, prediction):
+    truth, prediction = np.asarray(truth), np.asarray(prediction)
+    if truth.shape != prediction.shape:
+        raise ValueError(f"truth has shape {truth.shape} but prediction has {prediction.shape}")
+    return truth, prediction
+
+
+def instances(mask):
+    """Instance labels: binary (one non-zero value) masks split into connected components,
+    instance masks kept as they are."""
+    from .weights import as_instances
+    return as_instances(mask)
+
+
+def class_iou(truth, prediction, num_classes=2):
+    """IoU of every class id ``0..num_classes-1`` (NaN for a class absent from both)."""
+    truth, prediction = _pair(truth, prediction)
+    ious = []
+    for k in range(num_classes):
+        t, p = truth == k, prediction == k
+        union = np.logical_or(t, p).sum()
+        ious.append(np.logical_and(t, p).sum() / union if union else np.nan)
+    return np.array(ious)
+
+
+def foreground_iou(truth, prediction):
+    """IoU of the foreground (any non-zero label); 1.0 when both are empty."""
+    truth, prediction = _pair(truth, prediction)
+    t, p = truth > 0, prediction > 0
+    union = np.logical_or(t, p).sum()
+    return float(np.logical_and(t, p).sum() / union) if union else 1.0
+
+
+def pixel_error(truth, prediction):
+    """Fraction of pixels whose foreground/background assignment differs."""
+    truth, prediction = _pair(truth, prediction)
+    return float(np.mean((truth > 0) != (prediction > 0)))
+
+
+def _contingency(a, b):
+    """Overlap counts ``n[i, j]`` between the labels of two instance images."""
+    a, b = a.ravel().astype(np.int64), b.ravel().astype(np.int64)
+    table = np.zeros((a.max() + 1, b.max() + 1), np.int64)
+    np.add.at(table, (a, b), 1)
+    return table
+
+
+def rand_error(truth, prediction):
+    """1 - Rand index between the segmentations given by connected components of the foreground
+    (the background is one more segment), as in the ISBI 2012 EM challenge."""
+    truth, prediction = _pair(truth, prediction)
+    table = _contingency(ndi.label(truth > 0)[0], ndi.label(prediction > 0)[0])
+    pairs = lambda n: (n * (n - 1) / 2.0).sum()
+    n = table.sum()
+    total = n * (n - 1) / 2.0
+    if total == 0:
+        return 0.0
+    agree = total + 2 * pairs(table) - pairs(table.sum(1)) - pairs(table.sum(0))
+    return float(1.0 - agree / total)
+
+
+def _iou_matrix(truth, prediction):
+    table = _contingency(truth, prediction)[1:, 1:]  # drop the background row/column
+    sizes_true, sizes_pred = np.bincount(truth.ravel())[1:], np.bincount(prediction.ravel())[1:]
+    union = sizes_true[:, None] + sizes_pred[None, :] - table
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, table / union, 0.0), table, sizes_true, sizes_pred
+
+
+def match_instances(truth, prediction, thresholds=THRESHOLDS):
+    """Match true and predicted instances one-to-one where their IoU is above a threshold.
+
+    "Above" is strict (DSB2018: a hit has IoU greater than t), so at 0.5 matches are unique.
+
+    Returns a dict: ``true``/``predicted`` counts, per-threshold ``tp``/``fp``/``fn``,
+    ``precision``/``recall``/``f1``/``ap`` (``tp / (tp + fp + fn)``, DSB2018), their values at
+    0.5 as ``precision``/``recall``/``f1``/``ap50``, ``mean_ap`` over 0.5:0.95, ``merged``
+    (predicted instances holding the majority of the pixels of two or more true ones) and
+    ``split`` (true instances holding the majority of two or more predicted ones).
+    """
+    truth, prediction = _pair(truth, prediction)
+    truth = _relabel(instances(truth))
+    prediction = _relabel(instances(prediction))
+    iou, table, sizes_true, sizes_pred = _iou_matrix(truth, prediction)
+    n_true, n_pred = len(sizes_true), len(sizes_pred)
+    # Greedy by IoU, one-to-one: exact for thresholds >= 0.5, where matches are unique anyway.
+    order = np.dstack(np.unravel_index(np.argsort(-iou, axis=None), iou.shape))[0] if iou.size else []
+    per_threshold = {}
+    for threshold in thresholds:
+        used_true, used_pred, tp = set(), set(), 0
+        for i, j in order:
+            if iou[i, j] <= threshold:
+                break
+            if i not in used_true and j not in used_pred:
+                used_true.add(i)
+                used_pred.add(j)
+                tp += 1
+        fp, fn = n_pred - tp, n_true - tp
+        per_threshold[float(threshold)] = {
+            "tp": tp, "fp": fp, "fn": fn,
+            "precision": tp / n_pred if n_pred else float(n_true == 0),
+            "recall": tp / n_true if n_true else float(n_pred == 0),
+            "f1": 2 * tp / (n_true + n_pred) if n_true + n_pred else 1.0,
+            "ap": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+        }
+    true_mostly_in = table > sizes_true[:, None] / 2.0  # [i, j]: true i lies mostly in pred j
+    pred_mostly_in = table > sizes_pred[None, :] / 2.0  # [i, j]: pred j lies mostly in true i
+    at50 = per_threshold.get(0.5, next(iter(per_threshold.values())))
+    return {
+        "true": n_true, "predicted": n_pred,
+        "precision": at50["precision"], "recall": at50["recall"], "f1": at50["f1"],
+        "ap50": at50["ap"],
+        "mean_ap": float(np.mean([m["ap"] for m in per_threshold.values()])),
+        "merged": int((true_mostly_in.sum(0) >= 2).sum()),
+        "split": int((pred_mostly_in.sum(1) >= 2).sum()),
+        "per_threshold": per_threshold,
+    }
+
+
+def _relabel(labels):
+    """Consecutive labels 1..N (so tables stay small for sparse label values)."""
+    values, inverse = np.unique(labels, return_inverse=True)
+    if values[0] != 0:
+        inverse = inverse + 1
+    return inverse.reshape(labels.shape).astype(np.int64)
+
+
+def evaluate(truth, prediction):
+    """All metrics for one image, as a flat dict of numbers (for tables and JSON)."""
+    matching = match_instances(truth, prediction)
+    return {
+        "foreground_iou": foreground_iou(truth, prediction),
+        "pixel_error": pixel_error(truth, prediction),
+        "rand_error": rand_error(truth, prediction),
+        **{k: matching[k] for k in ("precision", "recall", "f1", "ap50", "mean_ap", "merged",
+                                    "split", "true", "predicted")},
+    }

@@ -1,0 +1,109 @@
+"""Overlap-tile prediction (paper Fig. 2) for images of any size.
+
+The output is cut into windows of the network's output size ``O``; each is predicted from an
+input tile of size ``T`` centred on it, whose context beyond the image border is mirrored. With
+valid convolutions an output pixel depends only on the input pixels above it, so adjacent tiles
+agree exactly where they meet: the result equals one forward pass over the whole mirror-padded
+image. No blending is needed, and none is done.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from .images import NORMALIZATION, apply_range, as_yxc, crop_reflect, range_for
+from .model import InputSizeCheck, output_size, size_rule, valid_input_size
+
+OUTPUTS = ("probabilities", "logits", "labels")
+
+
+def model_geometry(model):
+    """``(depth, upsampling, channels, static_tile)`` of a U-Net built by :func:`build_unet`."""
+    checks = [layer for layer in model.layers if isinstance(layer, InputSizeCheck)]
+    if not checks:
+        raise ValueError(f"model {model.name!r} was not built by unet_tf.build_unet "
+                         "(it has no InputSizeCheck layer), so its tile geometry is unknown")
+    _, height, width, channels = model.input_shape
+    static = height if height is not None and height == width else None
+    return checks[0].depth, checks[0].upsampling, channels, static
+
+
+def default_tile_size(depth, upsampling, image_shape, target=572):
+    """The tile to use when none is given: ``target`` or, for small images, just enough."""
+    _, _, shrink = size_rule(depth, upsampling)
+    needed = valid_input_size(max(image_shape[:2]) + shrink, depth, upsampling)
+    return min(valid_input_size(target, depth, upsampling), needed)
+
+
+def tile_corners(height, width, out):
+    """Top-left corners of the output windows (a regular grid; the last ones overhang)."""
+    return [(top, left) for top in range(0, height, out) for left in range(0, width, out)]
+
+
+def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilities",
+                  progress=False, normalization=NORMALIZATION):
+    """Predict a whole ``YX``/``YXC`` image of any size, tile by tile.
+
+    Args:
+        model: a U-Net from :func:`build_unet` (logits output), dynamic or fixed tile size.
+        image: uint8/uint16/float ``YX`` or ``YXC``; normalised like in training, over the whole
+            image (``normalization`` from the model folder's config; ``None`` if already done).
+        tile_size: input tile (valid size). Default: the model's fixed size, else 572 or, for a
+            small image, the smallest tile that covers it.
+        batch_size: tiles per forward pass (does not change the result).
+        output: ``"probabilities"`` (softmax, ``(H, W, K)`` float32), ``"logits"`` or
+            ``"labels"`` (argmax, ``(H, W)`` int32).
+        progress: show a ``keras.utils.Progbar``.
+
+    Tiles are cut lazily, so memory holds the output and one batch of tiles, not the padded image.
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    image = as_yxc(image)
+    depth, upsampling, channels, static = model_geometry(model)
+    if image.shape[2] != channels:
+        raise ValueError(f"image has {image.shape[2]} channels, the model expects {channels}")
+    if tile_size is None:
+        tile_size = static or default_tile_size(depth, upsampling, image.shape)
+    elif static is not None and tile_size != static:
+        raise ValueError(f"this model takes {static}x{static} tiles only, got tile_size={tile_size}")
+    out = output_size(tile_size, depth, upsampling)
+    margin = (tile_size - out) // 2
+    lo, hi = range_for(image, normalization) if normalization else (0.0, 1.0)
+
+    height, width = image.shape[:2]
+    corners = tile_corners(height, width, out)
+    classes = model.output_shape[-1]
+    result = (np.zeros((height, width), np.int32) if output == "labels"
+              else np.zeros((height, width, classes), np.float32))
+    bar = keras.utils.Progbar(len(corners), unit_name="tile") if progress else None
+    for start in range(0, len(corners), batch_size):
+        batch = corners[start:start + batch_size]
+        tiles = np.stack([apply_range(crop_reflect(image, top - margin, left - margin,
+                                                   tile_size, tile_size), lo, hi)
+                          for top, left in batch])
+        logits = np.asarray(model(tiles, training=False))
+        for (top, left), tile_logits in zip(batch, logits):
+            h, w = min(out, height - top), min(out, width - left)
+            result[top:top + h, left:left + w] = _convert(tile_logits[:h, :w], output)
+        if bar:
+            bar.add(len(batch))
+    return result
+
+
+def _convert(logits, output):
+    if output == "logits":
+        return logits
+    if output == "labels":
+        return logits.argmax(-1)
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def tile_count(image_shape, tile_size, depth=5, upsampling="transpose"):
+    """How many tiles :func:`predict_tiled` runs for an image of ``image_shape``."""
+    out = output_size(tile_size, depth, upsampling)
+    return math.ceil(image_shape[0] / out) * math.ceil(image_shape[1] / out)

@@ -1,0 +1,290 @@
+"""Training with Keras ``fit``, and the self-describing model folder it writes.
+
+    MODEL_DIR/
+      model.keras    best model by validation loss (training loss without validation images)
+      config.json    architecture, tile geometry, normalisation, classes, training settings,
+                     data summary, versions: all that prediction and export need
+      history.csv    one row per epoch
+      logs/          TensorBoard: scalars and prediction images
+      backup/        only while training runs: BackupAndRestore resumes a killed run from here
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import __version__
+from .augment import Augmentation
+from .data import make_dataset
+from .images import NORMALIZATION
+from .losses import weighted_pixel_loss
+from .model import build_unet, output_size
+
+MODEL_FILE, CONFIG_FILE, HISTORY_FILE, BACKUP_DIR, LOGS_DIR = (
+    "model.keras", "config.json", "history.csv", "backup", "logs")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything ``train`` needs; round-trips through JSON (``to_json``/``from_json``).
+
+    Defaults follow the paper where it makes sense for a few images: SGD with momentum 0.99,
+    batch 1 of large tiles, weight maps (w0=10, sigma=5) and elastic deformation on.
+    """
+    out: str = "model"
+    images: str | None = None         # folder of images (CLI); the API may pass arrays instead
+    masks: str | None = None
+    tile_size: int = 572
+    depth: int = 5
+    filters: int = 64
+    upsampling: str = "transpose"
+    dropout: float = 0.5
+    num_classes: int = 2
+    class_names: list = dataclasses.field(default_factory=lambda: ["background", "foreground"])
+    epochs: int = 50
+    steps_per_epoch: int = 100
+    batch_size: int = 1
+    optimizer: str = "sgd"            # "sgd" (momentum) or "adam"
+    learning_rate: float = 0.01
+    momentum: float = 0.99
+    weight_map: bool = True
+    w0: float = 10.0
+    sigma: float = 5.0
+    augment: bool = True
+    elastic_sigma: float = 10.0
+    val_split: float = 0.2            # fraction of whole images held out for validation
+    early_stopping: int | None = None # patience in epochs; None: off
+    seed: int = 0
+    normalization: dict = dataclasses.field(default_factory=lambda: dict(NORMALIZATION))
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text):
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def validate(self):
+        """Raise ``ValueError`` naming the first setting that cannot work (before any work)."""
+        output_size(self.tile_size, self.depth, self.upsampling)
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.filters >= 1, "filters must be >= 1"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (0 <= self.val_split < 1, "val_split must be in [0, 1)"),
+            (self.optimizer in ("sgd", "adam"), "optimizer must be 'sgd' or 'adam'"),
+            (self.w0 >= 0 and self.sigma > 0, "w0 must be >= 0 and sigma > 0"),
+            (len(self.class_names) == self.num_classes,
+             f"class_names must name {self.num_classes} classes"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message}, got {self}")
+
+
+def _optimizer(config):
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(config.learning_rate)
+    return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+
+
+def split_images(n, val_split, seed):
+    """Indices ``(train, validation)`` of whole images; at least one of each when possible."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(n - 1, max(1, round(n * val_split))) if val_split > 0 and n > 1 else 0
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def write_atomically(path, write):
+    """Call ``write(temporary_path)``, then rename it to ``path``: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Save the model to ``path`` (atomically) whenever ``monitor`` reaches a new minimum."""
+
+    def __init__(self, path, monitor, history=None):
+        super().__init__()
+        self.path, self.monitor, self.best = Path(path), monitor, np.inf
+        if history is not None and Path(history).exists():  # a resumed run keeps its best
+            import csv
+            with open(history) as f:
+                values = [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor)]
+            self.best = min(values, default=np.inf)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value < self.best:
+            self.best = value
+            write_atomically(self.path, self.model.save)
+
+
+class PredictionImages(keras.callbacks.Callback):
+    """Write a few tiles with their labels and predicted foreground probability to TensorBoard."""
+
+    def __init__(self, log_dir, x, y, every=1):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
+        self.x, self.y, self.every = x, y, every
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch % self.every:
+            return
+        probabilities = tf.nn.softmax(self.model(self.x, training=False))[..., 1:2]
+        out = probabilities.shape[1]
+        start = (self.x.shape[1] - out) // 2
+        image = self.x[:, start:start + out, start:start + out, :1]
+        image = (image - tf.reduce_min(image)) / (tf.reduce_max(image) - tf.reduce_min(image) + 1e-6)
+        labels = tf.cast(self.y[..., None], tf.float32)
+        with self.writer.as_default():
+            tf.summary.image("image | labels | foreground probability",
+                             tf.concat([image, labels, probabilities], axis=2), step=epoch)
+
+
+def model_config(config, data_summary):
+    """The ``config.json`` of a model folder."""
+    return {
+        "format": "unet-tf model folder",
+        "format_version": 1,
+        "unet_tf_version": __version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "architecture": {"depth": config.depth, "filters": config.filters,
+                         "upsampling": config.upsampling, "dropout": config.dropout,
+                         "num_classes": config.num_classes, "channels": data_summary["channels"]},
+        "tile_size": config.tile_size,
+        "output_size": output_size(config.tile_size, config.depth, config.upsampling),
+        "class_names": list(config.class_names),
+        "normalization": dict(config.normalization),
+        "weight_map": {"enabled": config.weight_map, "w0": config.w0, "sigma": config.sigma},
+        "data": data_summary,
+        "training": dataclasses.asdict(config),
+    }
+
+
+def _prepare_folder(out, overwrite):
+    """Create ``out``; refuse a finished model folder unless ``overwrite`` (a backup resumes)."""
+    out = Path(out)
+    if (out / MODEL_FILE).exists() and not (out / BACKUP_DIR).exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a trained model (use --overwrite / "
+                              "overwrite=True to train a new one there)")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"model folder {out} is not writable")
+    return out
+
+
+def train(config, images=None, masks=None, names=None, overwrite=False, callbacks=(),
+          verbose="auto"):
+    """Train a U-Net with Keras ``fit`` and write a complete model folder at ``config.out``.
+
+    Args:
+        config: a :class:`TrainConfig`.
+        images, masks: lists of ``YX``/``YXC`` images and their masks; when ``None`` they are
+            read from ``config.images``/``config.masks`` (folders, matched by file name).
+        names: a name per image, for the data summary.
+        overwrite: replace a finished model folder. A folder with a ``backup/`` (an interrupted
+            run) is resumed from the last completed epoch instead.
+        callbacks: extra Keras callbacks.
+
+    Returns the best model (lowest validation loss, or training loss without validation).
+    """
+    config.validate()
+    if images is None:
+        if not (config.images and config.masks):
+            raise ValueError("give images and masks, or set config.images and config.masks")
+        from .io import load_pairs
+        images, masks, names = load_pairs(config.images, config.masks)
+    if names is None:
+        names = [f"image {i}" for i in range(len(images))]
+    out = _prepare_folder(config.out, overwrite)
+
+    train_idx, val_idx = split_images(len(images), config.val_split, config.seed)
+    pick = lambda items, idx: [items[i] for i in idx]
+    augmentation = Augmentation(sigma=config.elastic_sigma) if config.augment else False
+    common = dict(tile_size=config.tile_size, depth=config.depth, upsampling=config.upsampling,
+                  weight_map=config.weight_map, w0=config.w0, sigma=config.sigma,
+                  num_classes=config.num_classes, normalization=config.normalization)
+    train_data = make_dataset(pick(images, train_idx), pick(masks, train_idx),
+                              batch_size=config.batch_size, augment=augmentation,
+                              seed=config.seed, **common)
+    val_data = (make_dataset(pick(images, val_idx), pick(masks, val_idx), batch_size=4,
+                             validation=True, **common) if val_idx else None)
+    channels = int(train_data.element_spec[0].shape[-1])
+    summary = {"images": len(images), "channels": channels,
+               "train": pick(names, train_idx), "validation": pick(names, val_idx),
+               "shapes": [list(np.shape(i)) for i in images],
+               "dtypes": sorted({str(np.asarray(i).dtype) for i in images})}
+    write_atomically(out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(
+        json.dumps(model_config(config, summary), indent=2)))
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_unet((None, None, channels), config.num_classes, config.depth, config.filters,
+                       config.dropout, config.upsampling)
+    model.compile(_optimizer(config), weighted_pixel_loss(),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    monitor = "val_loss" if val_data is not None else "loss"
+    preview = next(iter(val_data if val_data is not None else train_data))
+    fit_callbacks = [
+        keras.callbacks.BackupAndRestore(str(out / BACKUP_DIR)),
+        BestModelCheckpoint(out / MODEL_FILE, monitor, out / HISTORY_FILE),
+        keras.callbacks.CSVLogger(str(out / HISTORY_FILE), append=True),
+        keras.callbacks.TensorBoard(str(out / LOGS_DIR), write_graph=False),
+        PredictionImages(out / LOGS_DIR, preview[0][:3], preview[1][:3]),
+    ]
+    if config.early_stopping:
+        fit_callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=config.early_stopping))
+    model.fit(train_data, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+              validation_data=val_data, callbacks=[*fit_callbacks, *callbacks], verbose=verbose,
+              shuffle=False)  # the dataset shuffles itself, reproducibly
+    if not (out / MODEL_FILE).exists():  # e.g. every loss was NaN
+        raise RuntimeError(f"training produced no finite {monitor}; no model was saved in {out}")
+    return keras.saving.load_model(out / MODEL_FILE)
+
+
+def load_model_folder(folder):
+    """``(model, config)`` from a model folder written by :func:`train`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    for name in (MODEL_FILE, CONFIG_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} is not a unet-tf model folder: {name} is missing")
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{folder / CONFIG_FILE} is not valid JSON: {err}") from None
+    if config.get("format_version") != 1:
+        raise ValueError(f"{folder / CONFIG_FILE}: unsupported format_version "
+                         f"{config.get('format_version')!r}, this unet-tf reads 1")
+    try:
+        model = keras.saving.load_model(folder / MODEL_FILE)  # safe_mode: no arbitrary code
+    except Exception as err:
+        raise ValueError(f"cannot load {folder / MODEL_FILE}: {err}") from None
+    return model, config
