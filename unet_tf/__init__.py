@@ -23,8 +23,14 @@ _EXPORTS = {
     "elastic_deform": "augment",
     "Augmentation": "augment",
     "make_dataset": "data",
+    "predict_tiled": "tiling",
+    "train": "training",
+    "TrainConfig": "training",
+    "load_model_folder": "training",
+    "run_demo": "demo",
 }
-_SUBMODULES = ("augment", "cli", "data", "datasets", "images", "io", "losses", "model", "weights")
+_SUBMODULES = ("augment", "cli", "data", "datasets", "demo", "images", "io", "losses", "metrics",
+               "model", "postprocess", "tiling", "training", "weights")
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 

@@ -86,7 +86,8 @@ def _cmd_train(args):
         out=args.out, images=args.images, masks=args.masks, tile_size=args.tile_size,
         depth=args.depth, filters=args.filters, upsampling=args.upsampling, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-        optimizer=args.optimizer, learning_rate=args.lr, val_split=args.val_split, w0=args.w0,
+        optimizer=args.optimizer, learning_rate=args.lr, lr_schedule=args.lr_schedule,
+        val_split=args.val_split, w0=args.w0,
         sigma=args.sigma, augment=not args.no_augment, weight_map=not args.no_weight_map,
         early_stopping=args.early_stopping, seed=args.seed)
     train(config, overwrite=args.overwrite, verbose=0 if args.quiet else "auto")
@@ -113,6 +114,8 @@ def _add_train(subparsers):
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                    help="SGD with momentum 0.99 (paper) or Adam")
     p.add_argument("--lr", type=float, default=0.01, help="learning rate (0.01)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant (paper) or cosine decay to 0 over the run")
     p.add_argument("--val-split", type=float, default=0.2,
                    help="fraction of whole images held out for validation (0.2)")
     p.add_argument("--w0", type=float, default=10.0, help="weight map border weight (10)")

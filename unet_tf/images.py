@@ -27,7 +27,11 @@ def _percentiles(image, qs):
     exactly, without the sorted copy (a 8192x8192 uint16 image costs 16 KiB, not 128 MiB)."""
     if image.dtype not in (np.uint8, np.uint16) or image.size < 2 ** 16:
         return np.percentile(image, qs)
-    cumulative = np.cumsum(np.bincount(image.ravel(), minlength=2 ** (8 * image.itemsize)))
+    counts = np.zeros(2 ** (8 * image.itemsize), np.int64)
+    flat = image.reshape(-1)
+    for start in range(0, flat.size, 2 ** 22):  # bincount copies to int64: do it in chunks
+        counts += np.bincount(flat[start:start + 2 ** 22], minlength=counts.size)
+    cumulative = np.cumsum(counts)
     values = []
     for q in qs:
         position = q / 100.0 * (image.size - 1)

@@ -7,10 +7,11 @@ agree exactly where they meet: the result equals one forward pass over the whole
 image. No blending is needed, and none is done.
 """
 
-import math
+import weakref
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from .images import NORMALIZATION, apply_range, as_yxc, crop_reflect, range_for
 from .model import InputSizeCheck, output_size, size_rule, valid_input_size
@@ -34,6 +35,21 @@ def default_tile_size(depth, upsampling, image_shape, target=572):
     _, _, shrink = size_rule(depth, upsampling)
     needed = valid_input_size(max(image_shape[:2]) + shrink, depth, upsampling)
     return min(valid_input_size(target, depth, upsampling), needed)
+
+
+def forward(model):
+    """The model's inference pass as a compiled function, traced once per model and batch shape.
+
+    Faster than calling the Keras model eagerly op by op; cached per model so repeated
+    predictions reuse the trace.
+    """
+    if model not in _FORWARD:
+        ref = weakref.ref(model)  # a strong reference here would keep the model alive forever
+        _FORWARD[model] = tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
+    return _FORWARD[model]
+
+
+_FORWARD = weakref.WeakKeyDictionary()
 
 
 def tile_corners(height, width, out):
@@ -85,7 +101,7 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
         tiles = np.stack([apply_range(crop_reflect(image, top - margin, left - margin,
                                                    tile_size, tile_size), lo, hi)
                           for top, left in batch])
-        logits = np.asarray(model(tiles, training=False))
+        logits = np.asarray(forward(model)(tiles))
         for (top, left), tile_logits in zip(batch, logits):
             h, w = min(out, height - top), min(out, width - left)
             result[top:top + h, left:left + w] = _convert(tile_logits[:h, :w], output)
@@ -101,9 +117,3 @@ def _convert(logits, output):
         return logits.argmax(-1)
     shifted = np.exp(logits - logits.max(-1, keepdims=True))
     return shifted / shifted.sum(-1, keepdims=True)
-
-
-def tile_count(image_shape, tile_size, depth=5, upsampling="transpose"):
-    """How many tiles :func:`predict_tiled` runs for an image of ``image_shape``."""
-    out = output_size(tile_size, depth, upsampling)
-    return math.ceil(image_shape[0] / out) * math.ceil(image_shape[1] / out)

@@ -53,10 +53,12 @@ class TrainConfig:
     batch_size: int = 1
     optimizer: str = "sgd"            # "sgd" (momentum) or "adam"
     learning_rate: float = 0.01
+    lr_schedule: str = "constant"     # or "cosine": decay to 0 over all steps (steadier end)
     momentum: float = 0.99
     weight_map: bool = True
     w0: float = 10.0
     sigma: float = 5.0
+    class_weights: str | list | None = "balanced"  # w_c: "balanced", [w_bg, w_fg] or None (1)
     augment: bool = True
     elastic_sigma: float = 10.0
     val_split: float = 0.2            # fraction of whole images held out for validation
@@ -90,6 +92,8 @@ class TrainConfig:
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (0 <= self.val_split < 1, "val_split must be in [0, 1)"),
             (self.optimizer in ("sgd", "adam"), "optimizer must be 'sgd' or 'adam'"),
+            (self.lr_schedule in ("constant", "cosine"),
+             "lr_schedule must be 'constant' or 'cosine'"),
             (self.w0 >= 0 and self.sigma > 0, "w0 must be >= 0 and sigma > 0"),
             (len(self.class_names) == self.num_classes,
              f"class_names must name {self.num_classes} classes"),
@@ -100,9 +104,12 @@ class TrainConfig:
 
 
 def _optimizer(config):
+    rate = config.learning_rate
+    if config.lr_schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(rate, config.epochs * config.steps_per_epoch)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(config.learning_rate)
-    return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+        return keras.optimizers.Adam(rate)
+    return keras.optimizers.SGD(rate, momentum=config.momentum)
 
 
 def split_images(n, val_split, seed):
@@ -182,7 +189,8 @@ def model_config(config, data_summary):
         "output_size": output_size(config.tile_size, config.depth, config.upsampling),
         "class_names": list(config.class_names),
         "normalization": dict(config.normalization),
-        "weight_map": {"enabled": config.weight_map, "w0": config.w0, "sigma": config.sigma},
+        "weight_map": {"enabled": config.weight_map, "w0": config.w0, "sigma": config.sigma,
+                       "class_weights": config.class_weights},
         "data": data_summary,
         "training": dataclasses.asdict(config),
     }
@@ -230,7 +238,7 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     augmentation = Augmentation(sigma=config.elastic_sigma) if config.augment else False
     common = dict(tile_size=config.tile_size, depth=config.depth, upsampling=config.upsampling,
                   weight_map=config.weight_map, w0=config.w0, sigma=config.sigma,
-                  num_classes=config.num_classes, normalization=config.normalization)
+                  class_weights=config.class_weights, num_classes=config.num_classes, normalization=config.normalization)
     train_data = make_dataset(pick(images, train_idx), pick(masks, train_idx),
                               batch_size=config.batch_size, augment=augmentation,
                               seed=config.seed, **common)
