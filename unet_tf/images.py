@@ -96,6 +96,8 @@ def reflect_index(index, size):
 
 def crop_reflect(array, top, left, height, width):
     """``array[top:top+height, left:left+width]`` with mirrored content outside the array."""
+    if top >= 0 and left >= 0 and top + height <= array.shape[0] and left + width <= array.shape[1]:
+        return array[top:top + height, left:left + width]  # inside: a view, no gather
     rows = reflect_index(np.arange(top, top + height), array.shape[0])
     cols = reflect_index(np.arange(left, left + width), array.shape[1])
     return array[np.ix_(rows, cols)] if array.ndim == 2 else array[rows[:, None], cols[None, :]]

@@ -37,16 +37,20 @@ def default_tile_size(depth, upsampling, image_shape, target=572):
     return min(valid_input_size(target, depth, upsampling), needed)
 
 
-def forward(model):
-    """The model's inference pass as a compiled function, traced once per model and batch shape.
+def forward(model, output="logits"):
+    """The model's inference pass, with softmax/argmax for ``output``, as one compiled function.
 
-    Faster than calling the Keras model eagerly op by op; cached per model so repeated
-    predictions reuse the trace.
+    Faster than calling the Keras model eagerly op by op; traced once per model, output and
+    batch shape, and cached so repeated predictions reuse the trace.
     """
-    if model not in _FORWARD:
+    functions = _FORWARD.setdefault(model, {})
+    if output not in functions:
         ref = weakref.ref(model)  # a strong reference here would keep the model alive forever
-        _FORWARD[model] = tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
-    return _FORWARD[model]
+        convert = {"logits": tf.identity, "probabilities": tf.nn.softmax,
+                   "labels": lambda logits: tf.argmax(logits, axis=-1, output_type=tf.int32)}
+        functions[output] = tf.function(
+            lambda x: convert[output](ref()(x, training=False)), reduce_retracing=True)
+    return functions[output]
 
 
 _FORWARD = weakref.WeakKeyDictionary()
@@ -101,19 +105,10 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
         tiles = np.stack([apply_range(crop_reflect(image, top - margin, left - margin,
                                                    tile_size, tile_size), lo, hi)
                           for top, left in batch])
-        logits = np.asarray(forward(model)(tiles))
-        for (top, left), tile_logits in zip(batch, logits):
+        predicted = np.asarray(forward(model, output)(tiles))
+        for (top, left), tile in zip(batch, predicted):
             h, w = min(out, height - top), min(out, width - left)
-            result[top:top + h, left:left + w] = _convert(tile_logits[:h, :w], output)
+            result[top:top + h, left:left + w] = tile[:h, :w]
         if bar:
             bar.add(len(batch))
     return result
-
-
-def _convert(logits, output):
-    if output == "logits":
-        return logits
-    if output == "labels":
-        return logits.argmax(-1)
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
