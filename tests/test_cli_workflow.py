@@ -74,3 +74,12 @@ def test_bad_paths_give_one_line_and_exit_code_2(workspace, args, message):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("unet-tf: error: ")
     assert message in result.stderr
     assert not (workspace / "x").exists() and not (workspace / "m2").exists()
+
+
+def test_predict_a_stack_frame_by_frame(workspace, sample):
+    stack = np.stack([sample[0][:90, :130], sample[0][100:190, :130]])
+    tifffile.imwrite(workspace / "stack.tif", stack, photometric="minisblack")
+    result = run_cli("predict", workspace / "model", workspace / "stack.tif", "--out",
+                     workspace / "stack-out")
+    assert result.returncode == 0, result.stderr
+    assert tifffile.imread(workspace / "stack-out" / "stack.tif").shape == (2, 90, 130)

@@ -139,8 +139,9 @@ def _output_path(out_dir, source):
 def _cmd_predict(args):
     from .io import IMAGE_SUFFIXES, list_images, read_frames, write_image
     from .postprocess import label_image, overlay
-    from .tiling import predict_tiled
+    from .tiling import predict_tiled, tile_count
     from .training import load_model_folder
+    import keras
     import numpy as np
 
     inputs = []
@@ -169,9 +170,14 @@ def _cmd_predict(args):
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for labels_path, source in planned.items():
         frames = read_frames(source)
-        results = [predict_tiled(model, frame, tile_size=args.tile_size or config["tile_size"],
-                                 batch_size=args.batch_size, output="probabilities",
-                                 progress=not args.quiet, normalization=config["normalization"])
+        tile_size = args.tile_size or config["tile_size"]
+        architecture = config["architecture"]
+        tiles = sum(tile_count(f.shape, tile_size, architecture["depth"],
+                               architecture["upsampling"]) for f in frames)
+        bar = None if args.quiet else keras.utils.Progbar(tiles, unit_name="tile")  # one per stack
+        results = [predict_tiled(model, frame, tile_size=tile_size, batch_size=args.batch_size,
+                                 output="probabilities", progress=bar or False,
+                                 normalization=config["normalization"])
                    for frame in frames]
         masks = [label_image(r.argmax(-1), config["architecture"]["num_classes"]) for r in results]
         stack = lambda arrays: arrays[0] if len(arrays) == 1 else np.stack(arrays)

@@ -74,7 +74,8 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
         batch_size: tiles per forward pass (does not change the result).
         output: ``"probabilities"`` (softmax, ``(H, W, K)`` float32), ``"logits"`` or
             ``"labels"`` (argmax, ``(H, W)`` int32).
-        progress: show a ``keras.utils.Progbar``.
+        progress: show a ``keras.utils.Progbar``; or pass one (counting tiles, see
+            :func:`tile_count`) to share a single bar across the frames of a stack.
 
     Tiles are cut lazily, so memory holds the output and one batch of tiles, not the padded image.
     """
@@ -99,7 +100,8 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
     classes = model.output_shape[-1]
     result = (np.zeros((height, width), np.int32) if output == "labels"
               else np.zeros((height, width, classes), np.float32))
-    bar = keras.utils.Progbar(len(corners), unit_name="tile") if progress else None
+    bar = progress if isinstance(progress, keras.utils.Progbar) else (
+        keras.utils.Progbar(len(corners), unit_name="tile") if progress else None)
     for start in range(0, len(corners), batch_size):
         batch = corners[start:start + batch_size]
         tiles = np.stack([apply_range(crop_reflect(image, top - margin, left - margin,
@@ -112,3 +114,9 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
         if bar:
             bar.add(len(batch))
     return result
+
+
+def tile_count(image_shape, tile_size, depth=5, upsampling="transpose"):
+    """How many tiles :func:`predict_tiled` runs for a ``YX[C]`` image of ``image_shape``."""
+    out = output_size(tile_size, depth, upsampling)
+    return len(tile_corners(image_shape[0], image_shape[1], out))
