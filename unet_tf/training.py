@@ -85,22 +85,24 @@ class TrainConfig:
         """Raise ``ValueError`` naming the first setting that cannot work (before any work)."""
         output_size(self.tile_size, self.depth, self.upsampling)
         checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.filters >= 1, "filters must be >= 1"),
-            (self.learning_rate > 0, "learning_rate must be > 0"),
-            (0 <= self.val_split < 1, "val_split must be in [0, 1)"),
-            (self.optimizer in ("sgd", "adam"), "optimizer must be 'sgd' or 'adam'"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.steps_per_epoch >= 1, f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.filters >= 1, f"filters must be >= 1, got {self.filters}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (0 <= self.val_split < 1, f"val_split must be in [0, 1), got {self.val_split}"),
+            (self.optimizer in ("sgd", "adam"),
+             f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}"),
             (self.lr_schedule in ("constant", "cosine"),
-             "lr_schedule must be 'constant' or 'cosine'"),
-            (self.w0 >= 0 and self.sigma > 0, "w0 must be >= 0 and sigma > 0"),
+             f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"),
+            (self.w0 >= 0 and self.sigma > 0,
+             f"w0 must be >= 0 and sigma > 0, got w0={self.w0}, sigma={self.sigma}"),
             (len(self.class_names) == self.num_classes,
-             f"class_names must name {self.num_classes} classes"),
+             f"class_names must name {self.num_classes} classes, got {self.class_names}"),
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"{message}, got {self}")
+                raise ValueError(message)
 
 
 def _optimizer(config):
