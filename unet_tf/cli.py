@@ -243,7 +243,7 @@ def _cmd_evaluate(args):
     table, mean = _metric_table(rows)
     print(table)
     if args.json:
-        from .training import write_atomically
+        from .io import write_atomically
         write_atomically(args.json, lambda tmp: Path(tmp).write_text(
             json.dumps({"images": rows, "mean": mean}, indent=2)))
         print(f"metrics: {args.json}")

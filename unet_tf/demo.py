@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 from .datasets import load_sample
-from .io import write_image
+from .io import write_atomically, write_image
 from .metrics import evaluate
 from .postprocess import label_image, overlay
 from .tiling import predict_tiled
-from .training import TrainConfig, train, write_atomically
+from .training import TrainConfig, train
 
 # Small enough for ~1.5 minutes of training on 2 CPU cores, large enough for IoU ~0.87.
 # One image only, so no validation split: the held-out quarter is the test. Without class

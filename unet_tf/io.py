@@ -96,6 +96,19 @@ def load_pairs(images_dir, masks_dir):
     return out_images, out_masks, names
 
 
+def write_atomically(path, write):
+    """Call ``write(temporary_path)``, then rename it to ``path``: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_image(path, array, overwrite=False):
     """Write ``array`` to ``path`` (TIFF via tifffile, else OpenCV) atomically.
 
@@ -105,18 +118,14 @@ def write_image(path, array, overwrite=False):
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (use --overwrite / overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp):
         if path.suffix.lower() in (".tif", ".tiff"):
             tifffile.imwrite(tmp, array, compression="zlib")
-        else:
-            if array.ndim == 3:
-                array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-            if not cv2.imwrite(tmp, array):
-                raise ValueError(f"OpenCV cannot write {array.dtype} {array.shape} as {path.suffix}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            return
+        image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+        if not cv2.imwrite(tmp, image):
+            raise ValueError(f"OpenCV cannot write {array.dtype} {array.shape} as {path.suffix}")
+
+    write_atomically(path, write)
     return path

@@ -3,11 +3,14 @@
 Semantic: IoU per class and of the foreground, pixel error. Segment-level: the ISBI 2012 Rand
 error on connected components of the foreground, and instance matching at IoU thresholds
 (precision, recall, F1, the DSB2018 average precision, merged and split cells). Masks from a
-two-class U-Net are turned into instances by connected components (:func:`instances`).
+two-class U-Net are turned into instances by connected components
+(:func:`unet_tf.weights.as_instances`).
 """
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from .weights import as_instances
 
 THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
 
@@ -17,13 +20,6 @@ def _pair(truth, prediction):
     if truth.shape != prediction.shape:
         raise ValueError(f"truth has shape {truth.shape} but prediction has {prediction.shape}")
     return truth, prediction
-
-
-def instances(mask):
-    """Instance labels: binary (one non-zero value) masks split into connected components,
-    instance masks kept as they are."""
-    from .weights import as_instances
-    return as_instances(mask)
 
 
 def class_iou(truth, prediction, num_classes=2):
@@ -93,8 +89,8 @@ def match_instances(truth, prediction, thresholds=THRESHOLDS):
     ``split`` (true instances holding the majority of two or more predicted ones).
     """
     truth, prediction = _pair(truth, prediction)
-    truth = _relabel(instances(truth))
-    prediction = _relabel(instances(prediction))
+    truth = _relabel(as_instances(truth, "truth"))
+    prediction = _relabel(as_instances(prediction, "prediction"))
     iou, table, sizes_true, sizes_pred = _iou_matrix(truth, prediction)
     n_true, n_pred = len(sizes_true), len(sizes_pred)
     # Greedy by IoU, one-to-one: exact for thresholds >= 0.5, where matches are unique anyway.

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from .images import NORMALIZATION, apply_range, as_yxc, crop_reflect, range_for
-from .model import InputSizeCheck, output_size, size_rule, valid_input_size
+from .model import InputSizeCheck, input_size_for_output, output_size, valid_input_size
 
 OUTPUTS = ("probabilities", "logits", "labels")
 
@@ -32,8 +32,7 @@ def model_geometry(model):
 
 def default_tile_size(depth, upsampling, image_shape, target=572):
     """The tile to use when none is given: ``target`` or, for small images, just enough."""
-    _, _, shrink = size_rule(depth, upsampling)
-    needed = valid_input_size(max(image_shape[:2]) + shrink, depth, upsampling)
+    needed = input_size_for_output(max(image_shape[:2]), depth, upsampling)
     return min(valid_input_size(target, depth, upsampling), needed)
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import keras
@@ -24,6 +23,7 @@ from . import __version__
 from .augment import Augmentation
 from .data import make_dataset
 from .images import NORMALIZATION
+from .io import write_atomically
 from .losses import weighted_pixel_loss
 from .model import build_unet, output_size
 
@@ -119,19 +119,6 @@ def split_images(n, val_split, seed):
     order = np.random.default_rng(seed).permutation(n)
     n_val = min(n - 1, max(1, round(n * val_split))) if val_split > 0 and n > 1 else 0
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
-
-
-def write_atomically(path, write):
-    """Call ``write(temporary_path)``, then rename it to ``path``: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
