@@ -14,8 +14,7 @@ import numpy as np
 from _timing import best_time
 from unet_tf import build_unet
 from unet_tf.datasets import load_sample
-from unet_tf.tiling import forward, predict_tiled, tile_corners
-from unet_tf.model import output_size
+from unet_tf.tiling import forward, predict_tiled, tile_count
 
 
 def main():
@@ -26,7 +25,7 @@ def main():
     model = build_unet(depth=5, filters=16)
     sample = load_sample()[0]
     image = np.tile(sample, (size // 512, size // 512))
-    n_tiles = len(tile_corners(size, size, output_size(tile)))
+    n_tiles = tile_count((size, size), tile)
     tiles = np.random.default_rng(0).normal(size=(n_tiles, tile, tile, 1)).astype(np.float32)
 
     def raw():

@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from unet_tf import build_unet, output_size
+from unet_tf import build_unet, input_size_for_output, output_size
 from unet_tf.images import crop_reflect, normalize
-from unet_tf.tiling import predict_tiled
+from unet_tf.tiling import predict_tiled, tile_count, tile_stride
 
 
 @pytest.fixture(scope="module")
@@ -13,14 +13,12 @@ def model():
     return build_unet((None, None, 1), depth=3, filters=4, dropout=0.0)
 
 
-def one_pass(model, image, tile):
+def one_pass(model, image, tile, depth=3):
     """The whole image in one forward pass, mirror-padded like the tiles see it."""
-    out = output_size(tile, 3)
-    margin = (tile - out) // 2
+    margin = (tile - output_size(tile, depth)) // 2
     h, w = image.shape
-    # Pad to a valid size that covers the image: output >= (h, w) rounded up to the tile grid.
-    ph, pw = (-(-h // out) * out + 2 * margin, -(-w // out) * out + 2 * margin)
-    padded = crop_reflect(normalize(image), -margin, -margin, ph, pw)
+    padded = crop_reflect(normalize(image), -margin, -margin, input_size_for_output(h, depth),
+                          input_size_for_output(w, depth))
     logits = model.predict(padded[None, ..., None], verbose=0)[0]
     return logits[:h, :w]
 
@@ -32,6 +30,25 @@ def test_tiled_equals_one_pass_on_the_mirrored_image(model, sample, shape, tile)
     tiled = predict_tiled(model, image, tile_size=tile, output="logits")
     assert tiled.shape == (*shape, 2)
     np.testing.assert_allclose(tiled, one_pass(model, image, tile), atol=1e-5)
+
+
+@pytest.mark.parametrize("depth, tile", [(4, 116), (5, 220)])
+def test_deep_nets_tile_exactly_because_windows_follow_the_pooling_grid(sample, depth, tile):
+    # Their output (28, 36) is no multiple of the pooling period (8, 16): unaligned windows
+    # would see a shifted pooling grid and differ from the one-pass result by O(1) in the logits.
+    keras.utils.set_random_seed(0)
+    deep = build_unet((None, None, 1), depth=depth, filters=2, dropout=0.0)
+    image = sample[0][:150, :130]
+    assert tile_stride(tile, depth) == {4: 24, 5: 32}[depth]
+    tiled = predict_tiled(deep, image, tile_size=tile, output="logits")
+    np.testing.assert_allclose(tiled, one_pass(deep, image, tile, depth), atol=1e-4)
+
+
+def test_tiles_smaller_than_the_pooling_period_are_refused_unless_one_covers_all(sample):
+    deep = build_unet((None, None, 1), depth=5, filters=2, dropout=0.0)
+    assert tile_count((4, 4), 188) == 1                  # 188 -> 4x4 output: one tile, exact
+    with pytest.raises(ValueError, match="4-pixel output, smaller than the pooling period 16.*204"):
+        predict_tiled(deep, sample[0][:30, :30], tile_size=188)
 
 
 def test_batch_size_does_not_change_the_result(model, sample):

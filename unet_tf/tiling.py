@@ -1,10 +1,12 @@
 """Overlap-tile prediction (paper Fig. 2) for images of any size.
 
-The output is cut into windows of the network's output size ``O``; each is predicted from an
-input tile of size ``T`` centred on it, whose context beyond the image border is mirrored. With
-valid convolutions an output pixel depends only on the input pixels above it, so adjacent tiles
-agree exactly where they meet: the result equals one forward pass over the whole mirror-padded
-image. No blending is needed, and none is done.
+The output is cut into windows; each is predicted from an input tile of size ``T`` around it,
+whose context beyond the image border is mirrored. With valid convolutions an output pixel
+depends only on the input pixels above it, *and* on where the pooling grid lies: the net is
+shift-equivariant only for shifts by the pooling period ``2**(depth-1)``. The windows therefore
+start on multiples of that period (the stride is the output size ``O`` rounded down to it, e.g.
+388 -> 384 for the paper's 572 tile; tiles overlap by the remainder, which is dropped). Then the
+result equals one forward pass over the whole mirror-padded image, exactly: no seams, no blending.
 """
 
 import weakref
@@ -14,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from .images import NORMALIZATION, apply_range, as_yxc, crop_reflect, range_for
-from .model import InputSizeCheck, input_size_for_output, output_size, valid_input_size
+from .model import (InputSizeCheck, input_size_for_output, output_size, size_rule,
+                    valid_input_size)
 
 OUTPUTS = ("probabilities", "logits", "labels")
 
@@ -36,6 +39,18 @@ def default_tile_size(depth, upsampling, image_shape, target=572):
     return min(valid_input_size(target, depth, upsampling), needed)
 
 
+def tile_stride(tile_size, depth=5, upsampling="transpose"):
+    """Distance between output windows: the output size rounded down to the pooling period."""
+    period = size_rule(depth, upsampling)[1]
+    out = output_size(tile_size, depth, upsampling)
+    if out < period:
+        smallest = input_size_for_output(period, depth, upsampling)
+        raise ValueError(f"tile {tile_size} gives a {out}-pixel output, smaller than the pooling "
+                         f"period {period} of depth {depth}, so tiles cannot line up exactly; "
+                         f"use a tile of {smallest} or larger")
+    return out - out % period
+
+
 def forward(model, output="logits"):
     """The model's inference pass, with softmax/argmax for ``output``, as one compiled function.
 
@@ -55,9 +70,15 @@ def forward(model, output="logits"):
 _FORWARD = weakref.WeakKeyDictionary()
 
 
-def tile_corners(height, width, out):
-    """Top-left corners of the output windows (a regular grid; the last ones overhang)."""
-    return [(top, left) for top in range(0, height, out) for left in range(0, width, out)]
+def tile_grid(image_shape, tile_size, depth=5, upsampling="transpose"):
+    """``(stride, corners)``: the output windows of a ``YX[C]`` image, top-left corners on a
+    regular grid (the last ones overhang). One tile that covers the image is exact whatever its
+    size; a grid needs windows aligned to the pooling period."""
+    height, width = image_shape[:2]
+    out = output_size(tile_size, depth, upsampling)
+    stride = out if max(height, width) <= out else tile_stride(tile_size, depth, upsampling)
+    return stride, [(top, left) for top in range(0, height, stride)
+                    for left in range(0, width, stride)]
 
 
 def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilities",
@@ -92,10 +113,10 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
         raise ValueError(f"this model takes {static}x{static} tiles only, got tile_size={tile_size}")
     out = output_size(tile_size, depth, upsampling)
     margin = (tile_size - out) // 2
+    height, width = image.shape[:2]
+    stride, corners = tile_grid(image.shape, tile_size, depth, upsampling)
     lo, hi = range_for(image, normalization) if normalization else (0.0, 1.0)
 
-    height, width = image.shape[:2]
-    corners = tile_corners(height, width, out)
     classes = model.output_shape[-1]
     result = (np.zeros((height, width), np.int32) if output == "labels"
               else np.zeros((height, width, classes), np.float32))
@@ -108,7 +129,7 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
                           for top, left in batch])
         predicted = np.asarray(forward(model, output)(tiles))
         for (top, left), tile in zip(batch, predicted):
-            h, w = min(out, height - top), min(out, width - left)
+            h, w = min(stride, height - top), min(stride, width - left)
             result[top:top + h, left:left + w] = tile[:h, :w]
         if bar:
             bar.add(len(batch))
@@ -117,5 +138,4 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
 
 def tile_count(image_shape, tile_size, depth=5, upsampling="transpose"):
     """How many tiles :func:`predict_tiled` runs for a ``YX[C]`` image of ``image_shape``."""
-    out = output_size(tile_size, depth, upsampling)
-    return len(tile_corners(image_shape[0], image_shape[1], out))
+    return len(tile_grid(image_shape, tile_size, depth, upsampling)[1])
