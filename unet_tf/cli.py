@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 the user's input is wrong (one line on stderr, no trace
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -261,6 +262,43 @@ def _add_evaluate(subparsers):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# --------------------------------------------------------------------------- export
+
+def _cmd_export(args):
+    import json
+    from .convert import export_model
+    with _native_stderr_captured() if not args.debug else contextlib.nullcontext():
+        path = export_model(args.model, args.format, tile_size=args.tile_size,
+                            calibration_images=args.calibration_images, overwrite=args.overwrite)
+    size = (sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir()
+            else path.stat().st_size)
+    print(f"{args.format}: {path} ({size / 1e6:.2f} MB)")
+    if path.suffix == ".tflite":
+        meta = json.loads(path.with_suffix(".json").read_text())
+        check = meta["check"]
+        print(f"  tile {meta['tile_size']} -> {meta['output_size']}, input {meta['input_tensor']['dtype']}"
+              f", metadata {path.with_suffix('.json')}")
+        print(f"  vs the Keras model on {check['tiles']} tiles: max |logit diff| "
+              f"{check['max_abs_logit_diff']:.3g}, same label {100 * check['label_agreement']:.2f}%")
+
+
+def _add_export(subparsers):
+    p = _add(subparsers, "export", "export a model folder for TF Serving, TFLite or devices", """
+        unet-tf export my-model --format savedmodel     # my-model/export/savedmodel/1/
+        unet-tf export my-model --format tflite-int8    # calibrated on the training images
+        unet-tf export my-model --format tflite --tile-size 252 --overwrite
+        python export/edge_predict.py my-model/export/model_int8.tflite cells.tif --out masks
+        """, _cmd_export)
+    p.add_argument("model", help="model folder written by `unet-tf train`")
+    p.add_argument("--format", required=True,
+                   choices=("savedmodel", "tflite", "tflite-fp16", "tflite-int8"),
+                   help="SavedModel (any size, dynamic batch) or a TFLite tile model")
+    p.add_argument("--tile-size", type=int, help="TFLite input tile (default: the training tile)")
+    p.add_argument("--calibration-images", metavar="DIR",
+                   help="int8: images like the training data (default: the training images)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export")
+
+
 # --------------------------------------------------------------------------- demo
 
 def _cmd_demo(args):
@@ -281,19 +319,16 @@ def _add_demo(subparsers):
 
 # --------------------------------------------------------------------------- main
 
-def _import_tensorflow_quietly():
-    """Import TensorFlow with its C++ start-up lines (oneDNN, absl) kept off the user's stderr.
-
-    TF_CPP_MIN_LOG_LEVEL does not silence them in TF 2.21; what was written is replayed if the
-    import fails, so a broken installation is still explained.
-    """
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Keep what native code (TensorFlow, the TFLite converter) writes to fd 2 off the user's
+    stderr; it is replayed if the block fails, so an error is still explained."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import keras  # noqa: F401
-            import tensorflow  # noqa: F401
+            yield
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -304,13 +339,21 @@ def _import_tensorflow_quietly():
             os.close(saved)
 
 
+def _import_tensorflow_quietly():
+    """TF_CPP_MIN_LOG_LEVEL does not silence TF 2.21's oneDNN/absl start-up lines."""
+    with _native_stderr_captured():
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=_formatter,
         description="U-Net segmentation for microscopy: train, predict, evaluate, export.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_demo, _add_train, _add_predict, _add_evaluate, _add_sizes, _add_summary):
+    for add in (_add_demo, _add_train, _add_predict, _add_evaluate, _add_export, _add_sizes,
+                _add_summary):
         add(subparsers)
     return parser
 

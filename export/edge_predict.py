@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Segment images with an exported unet-tf ``.tflite`` model, without TensorFlow.
+
+Needs numpy, ai-edge-litert (the LiteRT interpreter), opencv-python-headless for PNG/JPEG and
+connected components, and tifffile for TIFF. Copy this folder to the device::
+
+    pip install numpy ai-edge-litert opencv-python-headless tifffile
+    python edge_predict.py model_int8.tflite cells.tif more/*.png --out predictions
+    python edge_predict.py model_int8_edgetpu.tflite cells.tif --out predictions \\
+        --delegate libedgetpu.so.1
+
+The model's JSON sidecar (``model_int8.json`` next to ``model_int8.tflite``, written by
+``unet-tf export``) gives the tile geometry, normalisation and classes. Each image is predicted
+overlap-tile (mirrored context, windows on the pooling grid) exactly like ``unet-tf predict``;
+int8 models get quantised input and dequantised logits. Writes ``NAME.tif``/``NAME.png``: instance
+labels (connected components of the foreground) for two classes, class ids for more.
+Exit codes: 0 done, 2 bad input (one line on stderr), 1 anything else.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overlap_tile import predict_tiled, softmax  # noqa: E402
+
+PROG = "edge_predict"
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+class EdgeModel:
+    """A unet-tf TFLite export and its sidecar, run by the LiteRT interpreter.
+
+    Args:
+        model_path: the ``.tflite`` file.
+        metadata_path: its JSON sidecar (default: same name, ``.json``; an Edge TPU compiled
+            ``NAME_edgetpu.tflite`` falls back to ``NAME.json``).
+        delegate: path of a delegate library (e.g. ``libedgetpu.so.1``); default XNNPACK on CPU.
+        threads: CPU threads for the interpreter.
+    """
+
+    def __init__(self, model_path, metadata_path=None, delegate=None, threads=2):
+        from ai_edge_litert.interpreter import Interpreter, load_delegate
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise FileNotFoundError(f"model file not found: {model_path}")
+        self.meta = _read_metadata(model_path, metadata_path)
+        delegates = [load_delegate(delegate)] if delegate else None
+        try:
+            self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads,
+                                           experimental_delegates=delegates)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"cannot load {model_path} as a TFLite model: {err}") from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def predict_tiles(self, tiles):
+        """Logits ``(B, O, O, K)`` float32 for normalised float32 tiles ``(B, T, T, C)``."""
+        results = []
+        for tile in tiles:
+            x = tile[None]
+            if self.input["dtype"] in (np.int8, np.uint8):
+                scale, zero = self.input["quantization"]
+                info = np.iinfo(self.input["dtype"])
+                x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+            self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+            self.interpreter.invoke()
+            y = self.interpreter.get_tensor(self.output["index"])[0]
+            if self.output["dtype"] in (np.int8, np.uint8):
+                scale, zero = self.output["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            results.append(y)
+        return np.stack(results)
+
+    def predict(self, image, output="labels"):
+        """``"logits"``/``"probabilities"`` ``(H, W, K)`` or class ``"labels"`` ``(H, W)`` int32
+        for a whole ``YX``/``YXC`` image of any size."""
+        logits = predict_tiled(image, self.predict_tiles, self.meta)
+        if output == "logits":
+            return logits
+        if output == "probabilities":
+            return softmax(logits)
+        return logits.argmax(-1).astype(np.int32)
+
+
+def _read_metadata(model_path, metadata_path):
+    candidates = [Path(metadata_path)] if metadata_path else [
+        model_path.with_suffix(".json"),
+        model_path.with_name(model_path.stem.removesuffix("_edgetpu") + ".json")]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"no metadata for {model_path}: expected {candidates[0]} "
+                                "(written by `unet-tf export` next to the .tflite)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if meta.get("format") != "unet-tf tflite":
+        raise ValueError(f"{path} is not a unet-tf TFLite sidecar (format {meta.get('format')!r})")
+    compiled = model_path.stem.endswith("_edgetpu")  # edgetpu_compiler rewrites the file
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    if not compiled and digest != meta["tflite_sha256"]:
+        raise ValueError(f"{path} describes another model than {model_path} (SHA-256 differs): "
+                         "export again")
+    return meta
+
+
+# --------------------------------------------------------------------------- files
+
+def read_image(path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+        return tifffile.imread(path)
+    import cv2
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot read image {path}")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return image
+
+
+def instance_labels(class_labels, num_classes):
+    """What ``unet-tf predict`` writes: connected components (4-neighbours) of the foreground
+    for two classes, class ids for more."""
+    if num_classes > 2:
+        return class_labels.astype(np.uint8 if num_classes <= 256 else np.uint16)
+    import cv2
+    count, instances = cv2.connectedComponents((class_labels > 0).astype(np.uint8), connectivity=4,
+                                               ltype=cv2.CV_32S)
+    return instances.astype(np.uint16 if count <= 2 ** 16 else np.int32)
+
+
+def write_labels(path, labels):
+    """Write atomically: a temporary sibling, then a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix == ".tif":
+            import tifffile
+            tifffile.imwrite(tmp, labels, compression="zlib")
+        else:
+            import cv2
+            if not cv2.imwrite(tmp, labels.astype(np.uint16)):
+                raise ValueError(f"cannot write {path}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _inputs(items):
+    files = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif not item.is_file():
+            raise FileNotFoundError(f"input not found: {item}")
+        elif item.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"{item}: expected one of {'/'.join(IMAGE_SUFFIXES)}")
+        else:
+            files.append(item)
+    if not files:
+        raise FileNotFoundError(f"no images in {' '.join(items)}")
+    return files
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="a .tflite exported by `unet-tf export` (JSON beside it)")
+    parser.add_argument("inputs", nargs="+", help="image files (TIFF/PNG/JPEG) or folders")
+    parser.add_argument("--out", required=True, help="folder for the label masks")
+    parser.add_argument("--metadata", help="the JSON sidecar, if not next to the model")
+    parser.add_argument("--delegate", help="delegate library, e.g. libedgetpu.so.1")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (2)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    args = parser.parse_args(argv)
+    try:
+        files = _inputs(args.inputs)
+        out = Path(args.out)
+        targets = [out / f"{f.stem}{'.tif' if f.suffix.lower() in ('.tif', '.tiff') else '.png'}"
+                   for f in files]
+        clash = [t for t in targets if t.exists()]
+        if clash and not args.overwrite:
+            raise FileExistsError(f"{clash[0]} exists (use --overwrite to replace it)")
+        model = EdgeModel(args.model, args.metadata, args.delegate, args.threads)
+        out.mkdir(parents=True, exist_ok=True)
+        for source, target in zip(files, targets):
+            labels = instance_labels(model.predict(read_image(source)), model.meta["num_classes"])
+            write_labels(target, labels)
+            print(f"{source} -> {target}")
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
