@@ -60,6 +60,17 @@ def test_evaluate_prints_a_table_and_json(workspace):
     assert set(metrics["images"]) == {"top", "bottom"}
 
 
+def test_export_int8_calibrates_on_the_training_images_and_says_how_it_agrees(workspace):
+    result = run_cli("export", workspace / "model", "--format", "tflite-int8")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""                     # the converter's native chatter is kept off
+    assert "model_int8.tflite" in result.stdout and "same label" in result.stdout
+    meta = json.loads((workspace / "model" / "export" / "model_int8.json").read_text())
+    assert meta["kind"] == "int8" and meta["tile_size"] == 124
+    again = run_cli("export", workspace / "model", "--format", "tflite-int8")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["predict", "{ws}/nope", "{ws}/odd.png", "--out", "{ws}/x"], "model folder not found"),
     (["predict", "{ws}/model", "{ws}/missing.tif", "--out", "{ws}/x"], "input not found"),
@@ -67,6 +78,11 @@ def test_evaluate_prints_a_table_and_json(workspace):
      "images folder not found"),
     (["evaluate", "{ws}/model", "--images", "{ws}/images", "--masks", "{ws}/empty"],
      "masks folder not found"),
+    (["export", "{ws}/model", "--format", "tflite", "--tile-size", "125"],
+     "input 125 is not valid for depth 3"),
+    (["export", "{ws}/model", "--format", "tflite-int8", "--calibration-images", "{ws}/nope",
+      "--overwrite"],
+     "calibration folder not found"),
 ])
 def test_bad_paths_give_one_line_and_exit_code_2(workspace, args, message):
     result = run_cli(*[a.format(ws=workspace) for a in args])
