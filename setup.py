@@ -41,6 +41,7 @@ setup(
         "opencv-python-headless",
         "tifffile",
         "tensorboard",  # the TensorBoard callback writes summaries through it
+        "ai-edge-litert",  # runs exported .tflite models (tf.lite.Interpreter is deprecated)
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["unet-tf=unet_tf.cli:main"]},
