@@ -52,9 +52,11 @@ def _add_sizes(subparsers):
     _add_architecture_args(p)
 
 
-def _add_architecture_args(p):
-    p.add_argument("--depth", type=int, default=5, help="resolution levels (default 5, the paper)")
-    p.add_argument("--upsampling", choices=("transpose", "resize_conv"), default="transpose",
+def _add_architecture_args(p, defaults=True):
+    p.add_argument("--depth", type=int, default=5 if defaults else None,
+                   help="resolution levels (default 5, the paper; edge preset 4)")
+    p.add_argument("--upsampling", choices=("transpose", "resize_conv"),
+                   default="transpose" if defaults else None,
                    help="up-conv (paper) or nearest resize + conv (edge friendly)")
 
 
@@ -83,9 +85,12 @@ def _add_summary(subparsers):
 
 def _cmd_train(args):
     from .training import TrainConfig, train
-    config = TrainConfig(
-        out=args.out, images=args.images, masks=args.masks, tile_size=args.tile_size,
-        depth=args.depth, filters=args.filters, upsampling=args.upsampling, epochs=args.epochs,
+    architecture = {name: getattr(args, name) for name in ("tile_size", "depth", "filters",
+                                                           "upsampling")
+                    if getattr(args, name) is not None}   # given explicitly: beats the preset
+    config = TrainConfig.from_preset(
+        args.preset, **architecture,
+        out=args.out, images=args.images, masks=args.masks, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         optimizer=args.optimizer, learning_rate=args.lr, lr_schedule=args.lr_schedule,
         val_split=args.val_split, w0=args.w0,
@@ -100,15 +105,20 @@ def _add_train(subparsers):
         unet-tf train --images data/images --masks data/masks --out my-model
         unet-tf train --images data/images --masks data/masks --out my-model \\
             --tile-size 252 --depth 4 --filters 16 --epochs 20 --optimizer adam --lr 0.001
+        unet-tf train --images data/images --masks data/masks --out edge-model --preset edge
         # killed? the same command resumes from the last completed epoch
         """, _cmd_train)
     p.add_argument("--images", required=True, help="folder of images (TIFF/PNG, 8/16-bit, stacks)")
     p.add_argument("--masks", required=True,
                    help="folder of masks with the images' file names (instance or 0/255)")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--tile-size", type=int, default=572, help="input tile, a valid size (572)")
-    _add_architecture_args(p)
-    p.add_argument("--filters", type=int, default=64, help="channels of the first level (64)")
+    p.add_argument("--preset", choices=("paper", "edge"), default="paper",
+                   help="architecture and tile: paper (depth 5, 64 filters, up-conv, 572) or "
+                   "edge (depth 4, 32 filters, resize_conv, 252: int8 / Edge TPU ready); "
+                   "the options below override it")
+    p.add_argument("--tile-size", type=int, help="input tile, a valid size (preset: 572 / 252)")
+    _add_architecture_args(p, defaults=False)
+    p.add_argument("--filters", type=int, help="channels of the first level (preset: 64 / 32)")
     p.add_argument("--epochs", type=int, default=50, help="epochs (50)")
     p.add_argument("--steps-per-epoch", type=int, default=100, help="batches per epoch (100)")
     p.add_argument("--batch-size", type=int, default=1, help="tiles per batch (1, as the paper)")
@@ -266,8 +276,15 @@ def _add_evaluate(subparsers):
 
 def _cmd_export(args):
     import json
-    from .convert import export_model
-    with _native_stderr_captured() if not args.debug else contextlib.nullcontext():
+    from .convert import export_edgetpu, export_model
+    quiet = _native_stderr_captured() if not args.debug else contextlib.nullcontext()
+    if args.format == "edgetpu":
+        with quiet:
+            result = export_edgetpu(args.model, args.tile_size, args.calibration_images,
+                                    args.overwrite)
+        _report_edgetpu(result.model, result.report, result.compiled, result.compiler_log)
+        return
+    with quiet:
         path = export_model(args.model, args.format, tile_size=args.tile_size,
                             calibration_images=args.calibration_images, overwrite=args.overwrite)
     size = (sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir()
@@ -282,17 +299,47 @@ def _cmd_export(args):
               f"{check['max_abs_logit_diff']:.3g}, same label {100 * check['label_agreement']:.2f}%")
 
 
+def _report_edgetpu(path, report, compiled=None, compiler_log=None):
+    print(f"Edge TPU check of {path}:")
+    print(report.table())
+    if compiled is None:
+        print("edgetpu_compiler is not on PATH: the checker's verdict above is the result "
+              "(compile on an x86-64 Linux host: see export/edgetpu/README.md)")
+    else:
+        print(f"edgetpu_compiler wrote {compiled}:\n{compiler_log}")
+    if not report.ok:
+        raise ValueError(f"{path} would not run fully on the Edge TPU ({len(report.unmapped)} "
+                         "ops not mapped" + ("" if report.fits_on_chip else ", parameters too big")
+                         + f"): {report.advice}")
+
+
+def _cmd_check_edgetpu(args):
+    from .edgetpu import check_tflite
+    _report_edgetpu(args.tflite, check_tflite(args.tflite))
+
+
+def _add_check_edgetpu(subparsers):
+    p = _add(subparsers, "check-edgetpu", "check any .tflite op by op against the Edge TPU's "
+             "requirements", """
+        unet-tf check-edgetpu my-model/export/model_int8.tflite
+        unet-tf check-edgetpu someone-elses-model.tflite     # lists the ops that would not map
+        """, _cmd_check_edgetpu)
+    p.add_argument("tflite", help="a .tflite file")
+
+
 def _add_export(subparsers):
     p = _add(subparsers, "export", "export a model folder for TF Serving, TFLite or devices", """
         unet-tf export my-model --format savedmodel     # my-model/export/savedmodel/1/
         unet-tf export my-model --format tflite-int8    # calibrated on the training images
         unet-tf export my-model --format tflite --tile-size 252 --overwrite
+        unet-tf export edge-model --format edgetpu      # int8 + op check (+ edgetpu_compiler)
         python export/edge_predict.py my-model/export/model_int8.tflite cells.tif --out masks
         """, _cmd_export)
     p.add_argument("model", help="model folder written by `unet-tf train`")
     p.add_argument("--format", required=True,
-                   choices=("savedmodel", "tflite", "tflite-fp16", "tflite-int8"),
-                   help="SavedModel (any size, dynamic batch) or a TFLite tile model")
+                   choices=("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "edgetpu"),
+                   help="SavedModel (any size, dynamic batch), a TFLite tile model, or the int8 "
+                   "one checked (and compiled, if edgetpu_compiler is installed) for the Edge TPU")
     p.add_argument("--tile-size", type=int, help="TFLite input tile (default: the training tile)")
     p.add_argument("--calibration-images", metavar="DIR",
                    help="int8: images like the training data (default: the training images)")
@@ -352,8 +399,8 @@ def build_parser():
         description="U-Net segmentation for microscopy: train, predict, evaluate, export.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_demo, _add_train, _add_predict, _add_evaluate, _add_export, _add_sizes,
-                _add_summary):
+    for add in (_add_demo, _add_train, _add_predict, _add_evaluate, _add_export,
+                _add_check_edgetpu, _add_sizes, _add_summary):
         add(subparsers)
     return parser
 

@@ -14,6 +14,7 @@ a runtime needs to cut and stitch tiles exactly like :func:`unet_tf.tiling.predi
 the ``.tflite`` it describes. ``export/edge_predict.py`` in the repository is such a runtime.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ from .training import load_model_folder
 EXPORT_DIR = "export"
 SAVEDMODEL_DIR = "savedmodel"
 TFLITE_KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
-FORMATS = ("savedmodel", *TFLITE_KINDS)
+FORMATS = ("savedmodel", *TFLITE_KINDS, "edgetpu")
 CALIBRATION_TILES = 64   # representative tiles for int8 calibration
 CHECK_TILES = 4          # tiles on which an export is compared with the Keras model
 
@@ -271,7 +272,8 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
 
     Args:
         model_dir: a folder written by :func:`unet_tf.train`.
-        format: ``"savedmodel"``, ``"tflite"`` (float32), ``"tflite-fp16"`` or ``"tflite-int8"``.
+        format: ``"savedmodel"``, ``"tflite"`` (float32), ``"tflite-fp16"`` or ``"tflite-int8"``
+            (``"edgetpu"``: see :func:`export_edgetpu`).
         tile_size: TFLite tile (a valid size; default the training tile). SavedModels take any.
         calibration_images: int8 only: a folder or a list of ``YX``/``YXC`` arrays like the
             training data. Default: the training images folder recorded in ``config.json``.
@@ -279,6 +281,8 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "edgetpu":
+        return export_edgetpu(model_dir, tile_size, calibration_images, overwrite).model
     model, config = load_model_folder(model_dir)
     export_dir = Path(model_dir) / EXPORT_DIR
     if format == "savedmodel":
@@ -320,3 +324,32 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     write_atomically(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=2)))
     write_atomically(target, lambda tmp: Path(tmp).write_bytes(model_bytes))
     return target
+
+
+@dataclasses.dataclass
+class EdgeTPUExport:
+    model: Path        # the full-integer model that was checked
+    report: object     # unet_tf.edgetpu.EdgeTPUReport
+    compiled: Path | None = None   # NAME_edgetpu.tflite, when edgetpu_compiler is on PATH
+    compiler_log: str | None = None
+
+
+def export_edgetpu(model_dir, tile_size=None, calibration_images=None, overwrite=False):
+    """The int8 TFLite export, checked op by op against the Edge TPU's requirements and,
+    when ``edgetpu_compiler`` is on PATH, compiled (``export/model_int8_edgetpu.tflite``).
+
+    An existing int8 export of the same tile size is checked as it is unless ``overwrite``.
+    """
+    from .edgetpu import check_tflite, compile_model
+    target = Path(model_dir) / EXPORT_DIR / "model_int8.tflite"
+    sidecar = target.with_suffix(".json")
+    if target.exists() and sidecar.exists() and not overwrite:
+        exported = json.loads(sidecar.read_text())["tile_size"]
+        if tile_size not in (None, exported):
+            raise FileExistsError(f"{target} was exported with tile {exported}, not {tile_size} "
+                                  "(use --overwrite / overwrite=True to export it again)")
+    else:
+        export_model(model_dir, "tflite-int8", tile_size, calibration_images, overwrite)
+    report = check_tflite(target)
+    compiled = compile_model(target, target.parent)
+    return EdgeTPUExport(target, report, *(compiled or (None, None)))

@@ -15,6 +15,15 @@ import tensorflow as tf
 
 UPSAMPLING_MODES = ("transpose", "resize_conv")
 
+# Named architectures with their training tile. "edge" is for int8 accelerators such as the
+# Coral Edge TPU: resize + conv instead of stride-2 transposed convs (which often fail to map),
+# 2.1 M parameters (2.1 MB as int8, well inside the ~6 MiB on-chip budget; the paper net has 31 M),
+# and a 252 tile (150 output) so activations stay small.
+PRESETS = {
+    "paper": {"depth": 5, "filters": 64, "upsampling": "transpose", "tile_size": 572},
+    "edge": {"depth": 4, "filters": 32, "upsampling": "resize_conv", "tile_size": 252},
+}
+
 
 # --------------------------------------------------------------------------- size arithmetic
 
@@ -166,11 +175,14 @@ class NearestUpsample2x(keras.layers.Layer):
 
     Keras' ``UpSampling2D`` lowers to RESHAPE+TILE in TFLite, which the Edge TPU cannot run.
     Nearest (not bilinear) because bilinear reads across the map border and would break the
-    exact, seamless overlap-tile arithmetic.
+    exact, seamless overlap-tile arithmetic. ``half_pixel_centers=False``: for an exact x2 it
+    picks the same pixels as TF2's default, and it keeps the op at a version the Edge TPU
+    compiler accepts (google-coral/edgetpu#187: "Operation version not supported").
     """
 
     def call(self, x):
-        return tf.image.resize(x, 2 * tf.shape(x)[1:3], method="nearest")
+        return tf.raw_ops.ResizeNearestNeighbor(images=x, size=2 * tf.shape(x)[1:3],
+                                                align_corners=False, half_pixel_centers=False)
 
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape

@@ -25,7 +25,7 @@ from .data import make_dataset
 from .images import NORMALIZATION
 from .io import write_atomically
 from .losses import weighted_pixel_loss
-from .model import build_unet, output_size
+from .model import PRESETS, build_unet, output_size
 
 MODEL_FILE, CONFIG_FILE, HISTORY_FILE, BACKUP_DIR, LOGS_DIR = (
     "model.keras", "config.json", "history.csv", "backup", "logs")
@@ -68,6 +68,14 @@ class TrainConfig:
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_preset(cls, name, **settings):
+        """A config with a named architecture (``"paper"`` or ``"edge"``, see
+        ``unet_tf.model.PRESETS``); other ``settings`` override it."""
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+        return cls(**{**PRESETS[name], **settings})
 
     @classmethod
     def from_json(cls, text):
