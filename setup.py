@@ -32,7 +32,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["unet_tf", "unet_tf.*"]),
-    package_data={"unet_tf": ["samples/*/*"]},
+    package_data={"unet_tf": ["samples/*/*", "edgetpu_ops.json"]},
     install_requires=[
         tensorflow_requirement(),
         "keras>=3",

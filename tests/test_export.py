@@ -28,7 +28,7 @@ from edge_predict import EdgeModel  # noqa: E402
 def folder(trained_folder, tmp_path_factory):
     """A copy of the trained folder with every format exported once."""
     copy = tmp_path_factory.mktemp("export") / "model"
-    shutil.copytree(trained_folder, copy)
+    shutil.copytree(trained_folder, copy, ignore=shutil.ignore_patterns("export"))
     for format in ("savedmodel", "tflite", "tflite-fp16", "tflite-int8"):
         export_model(copy, format)
     return copy

@@ -130,36 +130,37 @@ def check_tflite(model):
 
 
 def _op_verdict(name, operator, tensors, constant_data, type_names, rules, subgraphs):
-    """``(mapped, why)`` for one operator."""
+    """``(mapped, why)`` for one operator; ``why`` names every reason, not just the first."""
     if subgraphs > 1:
         return False, "more than one subgraph is not supported"
     if name not in rules["operations"]:
         return False, "not in the Edge TPU operation table"
-    used = [tensors[i] for i in [*operator.inputs, *operator.outputs] if i >= 0]
-    for tensor in used:
+    reasons = []
+    for tensor in [tensors[i] for i in [*operator.inputs, *operator.outputs] if i >= 0]:
         kind = type_names.get(tensor.type, str(tensor.type))
         is_constant = tensor.buffer > 0 and constant_data(tensor) is not None
         if kind not in QUANTIZED and not (kind == "INT32" and is_constant) and name != "QUANTIZE":
-            return False, f"{kind.lower()} tensors: the Edge TPU runs int8/uint8 only"
+            reasons.append(f"{kind.lower()} tensors: the Edge TPU runs int8/uint8 only")
         signature = tensor.shapeSignature
         if signature is not None and any(int(s) < 0 for s in signature):
-            return False, "dynamic shapes: sizes must be fixed at compile time"
+            reasons.append("dynamic shapes: sizes must be fixed at compile time")
         shape = [int(s) for s in (tensor.shape if tensor.shape is not None else [])]
         if not is_constant and len(shape) > 3 and any(s > 1 for s in shape[:-3]):
-            return False, "only the 3 innermost dimensions may exceed 1 (batch must be 1)"
+            reasons.append("only the 3 innermost dimensions may exceed 1 (batch must be 1)")
     options = operator.builtinOptions
     if name == "STRIDED_SLICE":
         strides = constant_data(tensors[operator.inputs[3]])
         if strides is None or np.any(strides.view(np.int32) != 1):
-            return False, "strides must all be 1"
+            reasons.append("strides must all be 1")
         if options.ellipsisMask or options.newAxisMask:
-            return False, "ellipsis/new-axis masks must be 0"
-    problem = rules["known_problems"].get(name)
-    if problem and "half_pixel_centers" in problem and getattr(options, "halfPixelCenters", False):
-        return False, problem["why"]
-    if problem and "stride" in problem and getattr(options, "strideH", 1) == problem["stride"]:
-        return False, problem["why"]
-    return True, ""
+            reasons.append("ellipsis/new-axis masks must be 0")
+    problem = rules["known_problems"].get(name, {})
+    if "half_pixel_centers" in problem and getattr(options, "halfPixelCenters", False):
+        reasons.append(problem["why"])
+    if "stride" in problem and getattr(options, "strideH", 1) == problem["stride"]:
+        reasons.append(problem["why"])
+    reasons = list(dict.fromkeys(reasons))  # once each, in the order found
+    return not reasons, "; ".join(reasons)
 
 
 def compile_model(tflite_path, out_dir):
