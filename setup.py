@@ -7,6 +7,8 @@ from setuptools import find_packages, setup
 
 # TensorFlow ships under several names (tensorflow, tensorflow-cpu, tensorflow-macos, ...).
 # Keep one that is already installed rather than pulling a second, multi-GB copy next to it.
+# This sees the target environment only without pip's build isolation (--no-build-isolation);
+# with it, the isolated build environment has no TensorFlow and `tensorflow` is required.
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tf-nightly")
 
 

@@ -148,7 +148,7 @@ def _output_path(out_dir, source):
 
 
 def _cmd_predict(args):
-    from .io import IMAGE_SUFFIXES, list_images, read_frames, write_image
+    from .io import IMAGE_SUFFIXES, check_writable, list_images, read_frames, write_image
     from .postprocess import label_image, overlay
     from .tiling import predict_tiled, tile_count
     from .training import load_model_folder
@@ -165,6 +165,7 @@ def _cmd_predict(args):
             raise ValueError(f"{item}: expected one of {'/'.join(IMAGE_SUFFIXES)}")
         else:
             inputs.append(item)
+    check_writable(args.out)
     planned = {}
     for source in inputs:
         labels = _output_path(args.out, source)
@@ -249,6 +250,9 @@ def _cmd_evaluate(args):
     from .io import load_pairs
     from .training import load_model_folder
     images, masks, names = load_pairs(args.images, args.masks)
+    if args.json:
+        from .io import check_writable
+        check_writable(Path(args.json).parent, "--json folder")
     model, config = load_model_folder(args.model)
     rows = evaluate_folder(model, config, images, masks, names, progress=not args.quiet)
     table, mean = _metric_table(rows)
@@ -387,10 +391,13 @@ def _native_stderr_captured():
 
 
 def _import_tensorflow_quietly():
-    """TF_CPP_MIN_LOG_LEVEL does not silence TF 2.21's oneDNN/absl start-up lines."""
+    """TF_CPP_MIN_LOG_LEVEL does not silence TF 2.21's oneDNN/absl start-up lines, nor, with a
+    CUDA build on a machine without a GPU, the cuInit error of the first device lookup: both
+    happen here, with stderr captured."""
     with _native_stderr_captured():
         import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+        import tensorflow
+        tensorflow.config.list_physical_devices()
 
 
 def build_parser():

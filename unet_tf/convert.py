@@ -28,9 +28,10 @@ import tensorflow as tf
 
 from . import __version__
 from .images import NORMALIZATION
+from .io import check_writable
 from .model import build_unet, check_input_size, output_size, size_rule
 from .tiling import tile_stride
-from .training import load_model_folder
+from .training import load_model_folder, read_config
 
 EXPORT_DIR = "export"
 SAVEDMODEL_DIR = "savedmodel"
@@ -283,11 +284,13 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if format == "edgetpu":
         return export_edgetpu(model_dir, tile_size, calibration_images, overwrite).model
-    model, config = load_model_folder(model_dir)
+    config = read_config(model_dir)            # cheap checks first: the model loads last
     export_dir = Path(model_dir) / EXPORT_DIR
+    check_writable(export_dir, "export folder")
     if format == "savedmodel":
         target = export_dir / SAVEDMODEL_DIR
         _check_target(target, overwrite)
+        model, _ = load_model_folder(model_dir)
         export_dir.mkdir(exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{SAVEDMODEL_DIR}.", dir=export_dir))
         try:
@@ -307,9 +310,8 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     _check_target(target, overwrite)
     if kind == "int8":
         images, masks = _calibration_source(config, calibration_images)
-        tiles = calibration_tiles(images, masks, config, tile_size)
-    else:
-        tiles = None
+    model, _ = load_model_folder(model_dir)
+    tiles = calibration_tiles(images, masks, config, tile_size) if kind == "int8" else None
     model_bytes = _tflite_bytes(_fixed_size_model(model, config, tile_size), kind, tiles)
     if tiles is None:
         rng = np.random.default_rng(0)  # float exports: any input shows agreement

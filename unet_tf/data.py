@@ -14,21 +14,19 @@ import numpy as np
 import tensorflow as tf
 
 from .augment import Augmentation
-from .images import NORMALIZATION, as_yxc, crop_reflect, normalize_with
+from .images import NORMALIZATION, check_image, crop_reflect, normalize_with
 from .model import output_size
-from .weights import as_instances, weight_map as compute_weight_map
+from .weights import as_instances, check_mask, weight_map as compute_weight_map
 
 
 def class_labels(mask, num_classes=2, name="mask"):
     """Class ids (int32) from a mask: with 2 classes any non-zero pixel is foreground
     (instance or binary masks); with more, the mask's values are the class ids."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (YX) label image, got shape {mask.shape}")
+    mask = check_mask(mask, name)
     if num_classes == 2:
         return (mask > 0).astype(np.int32)
     values = np.unique(mask)
-    if values.min() < 0 or values.max() >= num_classes or np.any(np.mod(values, 1)):
+    if values.max() >= num_classes:
         raise ValueError(f"{name} must hold class ids 0..{num_classes - 1} for {num_classes} "
                          f"classes, found values {values[:10].tolist()}")
     return mask.astype(np.int32)
@@ -48,7 +46,7 @@ def _prepare(images, masks, num_classes, weight_map, w0, sigma, class_weights, n
         raise ValueError("no images given")
     prepared, channels = [], None
     for i, (image, mask) in enumerate(zip(images, masks)):
-        image = as_yxc(image, f"image {i}")
+        image = check_image(image, f"image {i}")
         mask = np.asarray(mask)
         if mask.shape != image.shape[:2]:
             raise ValueError(f"mask {i} has shape {mask.shape}, expected the shape of image {i} "

@@ -22,6 +22,22 @@ def as_yxc(image, name="image"):
     raise ValueError(f"{name} must be 2-D (YX) or 3-D (YXC), got shape {image.shape}")
 
 
+def check_image(image, name="image"):
+    """``image`` as ``YXC`` after checking what every consumer needs: a real numeric dtype,
+    at least one pixel, and no NaN/Inf. Raises ``TypeError``/``ValueError`` naming ``name``."""
+    image = as_yxc(image, name)
+    if image.dtype == bool or not np.issubdtype(image.dtype, np.number) \
+            or np.issubdtype(image.dtype, np.complexfloating):
+        raise TypeError(f"{name} must hold real intensities (integer or float), got dtype "
+                        f"{image.dtype}")
+    if image.size == 0:
+        raise ValueError(f"{name} is empty (shape {image.shape})")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        raise ValueError(f"{name} has {bad} NaN/Inf pixels; expected finite intensities")
+    return image
+
+
 def _percentiles(image, qs):
     """``np.percentile(image, qs)`` (linear interpolation); for 8/16-bit images from a histogram,
     exactly, without the sorted copy (a 8192x8192 uint16 image costs 16 KiB, not 128 MiB)."""

@@ -96,6 +96,16 @@ def load_pairs(images_dir, masks_dir):
     return out_images, out_masks, names
 
 
+def check_writable(folder, what="output folder"):
+    """Raise before any work if ``folder`` (existing or to be created) cannot be written."""
+    folder = Path(folder)
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {folder} is not writable ({existing} does not allow it)")
+
+
 def write_atomically(path, write):
     """Call ``write(temporary_path)``, then rename it to ``path``: never a half-written file."""
     path = Path(path)

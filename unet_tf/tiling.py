@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .images import NORMALIZATION, apply_range, as_yxc, crop_reflect, range_for
+from .images import NORMALIZATION, apply_range, check_image, crop_reflect, range_for
+from .memory import check_fits
 from .model import (InputSizeCheck, input_size_for_output, output_size, size_rule,
                     valid_input_size)
 
@@ -31,6 +32,10 @@ def model_geometry(model):
     _, height, width, channels = model.input_shape
     static = height if height is not None and height == width else None
     return checks[0].depth, checks[0].upsampling, channels, static
+
+
+def _filters(model):
+    return model.get_layer("down0_conv1").filters
 
 
 def default_tile_size(depth, upsampling, image_shape, target=572):
@@ -103,7 +108,7 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    image = as_yxc(image)
+    image = check_image(image)
     depth, upsampling, channels, static = model_geometry(model)
     if image.shape[2] != channels:
         raise ValueError(f"image has {image.shape[2]} channels, the model expects {channels}")
@@ -115,6 +120,8 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
     margin = (tile_size - out) // 2
     height, width = image.shape[:2]
     stride, corners = tile_grid(image.shape, tile_size, depth, upsampling)
+    check_fits(tile_size, min(batch_size, len(corners)), False, depth, _filters(model), upsampling,
+               channels, model.output_shape[-1])
     lo, hi = range_for(image, normalization) if normalization else (0.0, 1.0)
 
     classes = model.output_shape[-1]

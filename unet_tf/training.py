@@ -12,7 +12,7 @@
 import dataclasses
 import datetime
 import json
-import os
+import warnings
 from pathlib import Path
 
 import keras
@@ -21,9 +21,10 @@ import tensorflow as tf
 
 from . import __version__
 from .augment import Augmentation
-from .data import make_dataset
-from .images import NORMALIZATION
-from .io import write_atomically
+from .data import class_labels, make_dataset
+from .images import NORMALIZATION, check_image
+from .io import check_writable, write_atomically
+from .memory import check_fits
 from .losses import weighted_pixel_loss
 from .model import PRESETS, build_unet, output_size
 
@@ -90,14 +91,28 @@ class TrainConfig:
         return cls(**values)
 
     def validate(self):
-        """Raise ``ValueError`` naming the first setting that cannot work (before any work)."""
+        """Raise ``ValueError``/``TypeError`` naming the first setting that cannot work."""
+        integer = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+        number = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+        for name in ("tile_size", "depth", "filters", "num_classes", "epochs", "steps_per_epoch",
+                     "batch_size", "seed"):
+            if not integer(getattr(self, name)):
+                raise TypeError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name in ("dropout", "learning_rate", "momentum", "w0", "sigma", "elastic_sigma",
+                     "val_split"):
+            if not number(getattr(self, name)) or not np.isfinite(getattr(self, name)):
+                raise TypeError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         output_size(self.tile_size, self.depth, self.upsampling)
+        norm = self.normalization
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.steps_per_epoch >= 1, f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.filters >= 1, f"filters must be >= 1, got {self.filters}"),
+            (self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}"),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (0 <= self.val_split < 1, f"val_split must be in [0, 1), got {self.val_split}"),
             (self.optimizer in ("sgd", "adam"),
              f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}"),
@@ -105,8 +120,16 @@ class TrainConfig:
              f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"),
             (self.w0 >= 0 and self.sigma > 0,
              f"w0 must be >= 0 and sigma > 0, got w0={self.w0}, sigma={self.sigma}"),
+            (self.elastic_sigma >= 0, f"elastic_sigma must be >= 0, got {self.elastic_sigma}"),
+            (self.early_stopping is None or (integer(self.early_stopping)
+                                             and self.early_stopping >= 1),
+             f"early_stopping must be None or a patience >= 1, got {self.early_stopping!r}"),
             (len(self.class_names) == self.num_classes,
              f"class_names must name {self.num_classes} classes, got {self.class_names}"),
+            (isinstance(norm, dict) and norm.get("method") == "percentile"
+             and 0 <= norm.get("low", -1) < norm.get("high", -1) <= 100,
+             f"normalization must be {{'method': 'percentile', 'low': L, 'high': H}} with "
+             f"0 <= L < H <= 100, got {norm!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -193,16 +216,24 @@ def model_config(config, data_summary):
     }
 
 
-def _prepare_folder(out, overwrite):
-    """Create ``out``; refuse a finished model folder unless ``overwrite`` (a backup resumes)."""
+def _check_folder(out, overwrite):
+    """Refuse a finished model folder unless ``overwrite`` (a backup resumes) or one that
+    cannot be written; creates nothing."""
     out = Path(out)
     if (out / MODEL_FILE).exists() and not (out / BACKUP_DIR).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a trained model (use --overwrite / "
                               "overwrite=True to train a new one there)")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise PermissionError(f"model folder {out} is not writable")
+    check_writable(out, "model folder")
     return out
+
+
+def _warn_if_one_class(masks, num_classes):
+    present = set()
+    for mask in masks:
+        present |= set(np.unique(class_labels(mask, num_classes)).tolist())
+    if len(present) < 2:
+        warnings.warn(f"every training mask holds class {present.pop()} only: the network will "
+                      "learn to predict that class everywhere", UserWarning, stacklevel=3)
 
 
 def train(config, images=None, masks=None, names=None, overwrite=False, callbacks=(),
@@ -228,20 +259,25 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         images, masks, names = load_pairs(config.images, config.masks)
     if names is None:
         names = [f"image {i}" for i in range(len(images))]
-    out = _prepare_folder(config.out, overwrite)
+    out = _check_folder(config.out, overwrite)
+    channels = check_image(images[0], "image 0").shape[2] if len(images) else 1
+    check_fits(config.tile_size, config.batch_size, True, config.depth, config.filters,
+               config.upsampling, channels, config.num_classes)
 
     train_idx, val_idx = split_images(len(images), config.val_split, config.seed)
     pick = lambda items, idx: [items[i] for i in idx]
     augmentation = Augmentation(sigma=config.elastic_sigma) if config.augment else False
     common = dict(tile_size=config.tile_size, depth=config.depth, upsampling=config.upsampling,
                   weight_map=config.weight_map, w0=config.w0, sigma=config.sigma,
-                  class_weights=config.class_weights, num_classes=config.num_classes, normalization=config.normalization)
+                  class_weights=config.class_weights, num_classes=config.num_classes,
+                  normalization=config.normalization)
     train_data = make_dataset(pick(images, train_idx), pick(masks, train_idx),
                               batch_size=config.batch_size, augment=augmentation,
                               seed=config.seed, **common)
     val_data = (make_dataset(pick(images, val_idx), pick(masks, val_idx), batch_size=4,
                              validation=True, **common) if val_idx else None)
-    channels = int(train_data.element_spec[0].shape[-1])
+    _warn_if_one_class(masks, config.num_classes)
+    out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty folder behind
     summary = {"images": len(images), "channels": channels,
                "train": pick(names, train_idx), "validation": pick(names, val_idx),
                "shapes": [list(np.shape(i)) for i in images],
@@ -273,8 +309,8 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     return keras.saving.load_model(out / MODEL_FILE)
 
 
-def load_model_folder(folder):
-    """``(model, config)`` from a model folder written by :func:`train`."""
+def read_config(folder):
+    """The ``config.json`` of a model folder, checked, without loading the model."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
@@ -283,11 +319,22 @@ def load_model_folder(folder):
             raise FileNotFoundError(f"{folder} is not a unet-tf model folder: {name} is missing")
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{folder / CONFIG_FILE} is not valid JSON: {err}") from None
-    if config.get("format_version") != 1:
+    if not isinstance(config, dict) or config.get("format_version") != 1:
+        version = config.get("format_version") if isinstance(config, dict) else None
         raise ValueError(f"{folder / CONFIG_FILE}: unsupported format_version "
-                         f"{config.get('format_version')!r}, this unet-tf reads 1")
+                         f"{version!r}, this unet-tf reads 1")
+    missing = [k for k in ("architecture", "tile_size", "normalization") if k not in config]
+    if missing:
+        raise ValueError(f"{folder / CONFIG_FILE} lacks {missing}: not written by unet-tf train")
+    return config
+
+
+def load_model_folder(folder):
+    """``(model, config)`` from a model folder written by :func:`train`."""
+    folder = Path(folder)
+    config = read_config(folder)
     try:
         model = keras.saving.load_model(folder / MODEL_FILE)  # safe_mode: no arbitrary code
     except Exception as err:

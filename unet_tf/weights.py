@@ -18,6 +18,26 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
+def check_mask(mask, name="mask"):
+    """A ``YX`` label image with whole, non-negative values (bool becomes uint8), or a
+    ``ValueError`` that says what was found."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (YX) label image, got shape {mask.shape}")
+    if mask.dtype == bool:
+        return mask.astype(np.uint8)
+    if not np.issubdtype(mask.dtype, np.number) or np.issubdtype(mask.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold integer labels, got dtype {mask.dtype}")
+    if not np.issubdtype(mask.dtype, np.integer):
+        finite = np.isfinite(mask)
+        if not finite.all() or np.any(np.mod(mask, 1) != 0):
+            raise ValueError(f"{name} must hold integer labels, got dtype {mask.dtype} "
+                             "with non-integer values")
+    if mask.size and mask.min() < 0:
+        raise ValueError(f"{name} must hold labels >= 0 (0 = background), found {mask.min()}")
+    return mask
+
+
 def as_instances(mask, name="mask"):
     """Instance labels (int32, 0 = background) from an instance or binary ``YX`` mask.
 
@@ -25,17 +45,7 @@ def as_instances(mask, name="mask"):
     components (4-connectivity, so cells touching only at a corner stay apart); any other integer
     mask is taken as instance labels already.
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (YX) label image, got shape {mask.shape}")
-    if mask.dtype == bool:
-        mask = mask.astype(np.uint8)
-    if not np.issubdtype(mask.dtype, np.integer):
-        if not np.issubdtype(mask.dtype, np.floating) or not np.all(np.mod(mask, 1) == 0):
-            raise ValueError(f"{name} must hold integer labels, got dtype {mask.dtype} "
-                             "with non-integer values")
-    if mask.size and mask.min() < 0:
-        raise ValueError(f"{name} must hold labels >= 0 (0 = background), found {mask.min()}")
+    mask = check_mask(mask, name)
     values = mask[mask > 0]
     if values.size and values.min() == values.max():
         return ndi.label(mask > 0)[0].astype(np.int32)

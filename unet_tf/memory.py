@@ -1,0 +1,56 @@
+"""Will a tile fit in memory? An estimate made before any allocation.
+
+A valid-conv U-Net keeps every feature map of a tile for backprop, so memory grows with
+tile size squared and batch; a tile size that does not fit would otherwise fail minutes into a
+run with an allocator error deep inside TensorFlow. The estimate counts the float32 outputs of
+every layer (exact for the forward pass), times a factor for training (their gradients and the
+framework's temporaries), and compares with the memory the OS says is available.
+"""
+
+import functools
+
+import numpy as np
+
+TRAINING_FACTOR = 3.0   # activations + their gradients + temporaries
+GIB = 2 ** 30
+
+
+@functools.lru_cache(maxsize=32)
+def activation_bytes(tile_size, depth=5, filters=64, upsampling="transpose", channels=1,
+                     num_classes=2):
+    """Bytes of all layer outputs (float32) for one ``tile_size`` tile."""
+    from .model import build_unet
+    model = build_unet((tile_size, tile_size, channels), num_classes, depth, filters, 0.0,
+                       upsampling)
+    return 4 * sum(int(np.prod(layer.output.shape[1:])) for layer in model.layers)
+
+
+def available_bytes():
+    """Memory available to this process (Linux ``MemAvailable``), or ``None`` if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(tile_size, batch_size, training, depth=5, filters=64, upsampling="transpose",
+               channels=1, num_classes=2):
+    """Raise ``ValueError`` if a batch of tiles clearly cannot fit in host memory.
+
+    Skipped when a GPU is visible (its memory is not the host's) or the OS does not say.
+    """
+    import tensorflow as tf
+    available = available_bytes()
+    if available is None or tf.config.list_physical_devices("GPU"):
+        return
+    per_tile = activation_bytes(tile_size, depth, filters, upsampling, channels, num_classes)
+    needed = per_tile * batch_size * (TRAINING_FACTOR if training else 1.0)
+    if needed > available:
+        what = "training" if training else "prediction"
+        raise ValueError(f"tile {tile_size} x batch {batch_size} needs about "
+                         f"{needed / GIB:.1f} GiB for {what}, but {available / GIB:.1f} GiB of "
+                         "memory is available: use a smaller tile size or batch size")
