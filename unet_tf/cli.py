@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 the user's input is wrong (one line on stderr, no trace
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -179,7 +180,6 @@ def _cmd_predict(args):
             raise ValueError(f"{source} and {planned[labels]} would both write {labels}")
         planned[labels] = source
     model, config = load_model_folder(args.model)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     for labels_path, source in planned.items():
         frames = read_frames(source)
         tile_size = args.tile_size or config["tile_size"]
@@ -414,6 +414,8 @@ def build_parser():
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+    # tifffile logs a warning before it fails on a corrupt file; our error says it in one line.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     if not args.debug:
         _import_tensorflow_quietly()

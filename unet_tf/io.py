@@ -23,9 +23,12 @@ def read_image(path):
         raise FileNotFoundError(f"image file not found: {path}")
     if path.suffix.lower() in (".tif", ".tiff"):
         try:
-            return tifffile.imread(path)
+            image = tifffile.imread(path)
         except Exception as err:  # tifffile raises many types for a corrupt file
             raise ValueError(f"cannot read TIFF {path}: {err}") from None
+        if image.size == 0:  # a corrupt header can also read as no pages at all
+            raise ValueError(f"cannot read TIFF {path}: it holds no image data")
+        return image
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError(f"cannot read image {path} (not a PNG/JPEG/BMP OpenCV can decode)")
