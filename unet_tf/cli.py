@@ -96,9 +96,13 @@ def _cmd_train(args):
         optimizer=args.optimizer, learning_rate=args.lr, lr_schedule=args.lr_schedule,
         val_split=args.val_split, w0=args.w0,
         sigma=args.sigma, augment=not args.no_augment, weight_map=not args.no_weight_map,
-        early_stopping=args.early_stopping, seed=args.seed)
+        early_stopping=args.early_stopping, strategy=args.strategy,
+        mixed_precision=args.mixed_precision, seed=args.seed)
     train(config, overwrite=args.overwrite, verbose=0 if args.quiet else "auto")
-    print(f"model folder: {args.out}")
+    if (Path(args.out) / "model.keras").exists():
+        print(f"model folder: {args.out}")
+    else:  # a multi-worker run's other workers
+        print("done; the chief (worker 0) writes the model folder")
 
 
 def _add_train(subparsers):
@@ -122,7 +126,8 @@ def _add_train(subparsers):
     p.add_argument("--filters", type=int, help="channels of the first level (preset: 64 / 32)")
     p.add_argument("--epochs", type=int, default=50, help="epochs (50)")
     p.add_argument("--steps-per-epoch", type=int, default=100, help="batches per epoch (100)")
-    p.add_argument("--batch-size", type=int, default=1, help="tiles per batch (1, as the paper)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="tiles per batch and replica (1, as the paper)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                    help="SGD with momentum 0.99 (paper) or Adam")
     p.add_argument("--lr", type=float, default=0.01, help="learning rate (0.01)")
@@ -136,6 +141,11 @@ def _add_train(subparsers):
     p.add_argument("--no-weight-map", action="store_true", help="uniform pixel weights")
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE "
                    "epochs without improvement")
+    p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
+                   help="one device; mirrored: all GPUs of this host (Keras fit); multiworker: "
+                   "hosts listed in TF_CONFIG (custom loop). --batch-size is per replica")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 compute on GPUs (logits and loss stay float32)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished model folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

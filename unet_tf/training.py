@@ -12,6 +12,7 @@
 import dataclasses
 import datetime
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import tensorflow as tf
 from . import __version__
 from .augment import Augmentation
 from .data import class_labels, make_dataset
+from .distribute import (STRATEGIES, Backup, fit_custom_loop, is_chief, is_multiworker,
+                         make_strategy, writable_path)
 from .images import NORMALIZATION, check_image
 from .io import check_writable, write_atomically
 from .memory import check_fits
@@ -64,6 +67,8 @@ class TrainConfig:
     elastic_sigma: float = 10.0
     val_split: float = 0.2            # fraction of whole images held out for validation
     early_stopping: int | None = None # patience in epochs; None: off
+    strategy: str = "default"         # "default", "mirrored" (GPUs of one host), "multiworker"
+    mixed_precision: bool = False     # mixed_float16 compute (GPUs); logits and loss in float32
     seed: int = 0
     normalization: dict = dataclasses.field(default_factory=lambda: dict(NORMALIZATION))
 
@@ -116,6 +121,8 @@ class TrainConfig:
             (0 <= self.val_split < 1, f"val_split must be in [0, 1), got {self.val_split}"),
             (self.optimizer in ("sgd", "adam"),
              f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}"),
+            (self.strategy in STRATEGIES,
+             f"strategy must be one of {STRATEGIES}, got {self.strategy!r}"),
             (self.lr_schedule in ("constant", "cosine"),
              f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"),
             (self.w0 >= 0 and self.sigma > 0,
@@ -193,7 +200,7 @@ class PredictionImages(keras.callbacks.Callback):
                              tf.concat([image, labels, probabilities], axis=2), step=epoch)
 
 
-def model_config(config, data_summary):
+def model_config(config, data_summary, distribution=None):
     """The ``config.json`` of a model folder."""
     return {
         "format": "unet-tf model folder",
@@ -213,6 +220,8 @@ def model_config(config, data_summary):
                        "class_weights": config.class_weights},
         "data": data_summary,
         "training": dataclasses.asdict(config),
+        "distribution": distribution or {"strategy": "default", "replicas": 1,
+                                         "global_batch": config.batch_size},
     }
 
 
@@ -237,8 +246,8 @@ def _warn_if_one_class(masks, num_classes):
 
 
 def train(config, images=None, masks=None, names=None, overwrite=False, callbacks=(),
-          verbose="auto"):
-    """Train a U-Net with Keras ``fit`` and write a complete model folder at ``config.out``.
+          verbose="auto", strategy=None):
+    """Train a U-Net and write a complete model folder at ``config.out``.
 
     Args:
         config: a :class:`TrainConfig`.
@@ -247,11 +256,17 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         names: a name per image, for the data summary.
         overwrite: replace a finished model folder. A folder with a ``backup/`` (an interrupted
             run) is resumed from the last completed epoch instead.
-        callbacks: extra Keras callbacks.
+        callbacks: extra Keras callbacks (``fit`` path only).
+        strategy: a ``tf.distribute.Strategy``; default: made from ``config.strategy``.
+            Multi-worker runs use a custom loop (see :mod:`unet_tf.distribute`); only the chief
+            writes the model folder.
 
     Returns the best model (lowest validation loss, or training loss without validation).
     """
     config.validate()
+    if strategy is None:  # first: multi-worker collectives must be set up before any op runs
+        strategy = make_strategy(config.strategy)
+    chief = is_chief(strategy)
     if images is None:
         if not (config.images and config.masks):
             raise ValueError("give images and masks, or set config.images and config.masks")
@@ -264,7 +279,10 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     check_fits(config.tile_size, config.batch_size, True, config.depth, config.filters,
                config.upsampling, channels, config.num_classes)
 
+    replicas = strategy.num_replicas_in_sync
     train_idx, val_idx = split_images(len(images), config.val_split, config.seed)
+    if is_multiworker(strategy):
+        train_idx, val_idx = sorted(train_idx + val_idx), []  # see _fit_multiworker
     pick = lambda items, idx: [items[i] for i in idx]
     augmentation = Augmentation(sigma=config.elastic_sigma) if config.augment else False
     common = dict(tile_size=config.tile_size, depth=config.depth, upsampling=config.upsampling,
@@ -272,24 +290,51 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
                   class_weights=config.class_weights, num_classes=config.num_classes,
                   normalization=config.normalization)
     train_data = make_dataset(pick(images, train_idx), pick(masks, train_idx),
-                              batch_size=config.batch_size, augment=augmentation,
+                              batch_size=config.batch_size * replicas, augment=augmentation,
                               seed=config.seed, **common)
     val_data = (make_dataset(pick(images, val_idx), pick(masks, val_idx), batch_size=4,
                              validation=True, **common) if val_idx else None)
     _warn_if_one_class(masks, config.num_classes)
-    out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty folder behind
     summary = {"images": len(images), "channels": channels,
                "train": pick(names, train_idx), "validation": pick(names, val_idx),
                "shapes": [list(np.shape(i)) for i in images],
                "dtypes": sorted({str(np.asarray(i).dtype) for i in images})}
-    write_atomically(out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(
-        json.dumps(model_config(config, summary), indent=2)))
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty folder
+        distribution = {"strategy": config.strategy, "tf_strategy": type(strategy).__name__,
+                        "replicas": replicas, "global_batch": config.batch_size * replicas}
+        write_atomically(out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(
+            model_config(config, summary, distribution), indent=2)))
 
-    keras.utils.set_random_seed(config.seed)
-    model = build_unet((None, None, channels), config.num_classes, config.depth, config.filters,
-                       config.dropout, config.upsampling)
-    model.compile(_optimizer(config), weighted_pixel_loss(),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    policy = keras.mixed_precision.global_policy()
+    if config.mixed_precision:  # float16 compute; build_unet keeps the logits in float32
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            keras.utils.set_random_seed(config.seed)
+            model = build_unet((None, None, channels), config.num_classes, config.depth,
+                               config.filters, config.dropout, config.upsampling)
+            optimizer = _optimizer(config)
+        if is_multiworker(strategy):
+            _fit_multiworker(model, optimizer, train_data, strategy, config, out, chief, verbose)
+        else:
+            _fit_keras(model, optimizer, train_data, val_data, strategy, config, out, callbacks,
+                       verbose)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    if not chief:
+        return model  # the same weights as the chief's; the folder is the chief's to write
+    if not (out / MODEL_FILE).exists():  # e.g. every loss was NaN
+        raise RuntimeError(f"training produced no finite loss; no model was saved in {out}")
+    return keras.saving.load_model(out / MODEL_FILE, compile=False)  # for inference
+
+
+def _fit_keras(model, optimizer, train_data, val_data, strategy, config, out, callbacks,
+               verbose):
+    """One host: Keras ``fit`` (one device, or ``MirroredStrategy`` over its GPUs)."""
+    with strategy.scope():
+        model.compile(optimizer, weighted_pixel_loss(),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     monitor = "val_loss" if val_data is not None else "loss"
     preview = next(iter(val_data if val_data is not None else train_data))
     fit_callbacks = [
@@ -304,9 +349,38 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     model.fit(train_data, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
               validation_data=val_data, callbacks=[*fit_callbacks, *callbacks], verbose=verbose,
               shuffle=False)  # the dataset shuffles itself, reproducibly
-    if not (out / MODEL_FILE).exists():  # e.g. every loss was NaN
-        raise RuntimeError(f"training produced no finite {monitor}; no model was saved in {out}")
-    return keras.saving.load_model(out / MODEL_FILE)
+
+
+def _fit_multiworker(model, optimizer, train_data, strategy, config, out, chief, verbose):
+    """Many hosts: the custom loop. It monitors the all-reduced training loss, which every
+    worker sees alike, so all take the same save decisions (saving is collective). Validation
+    images are therefore trained on rather than left idle."""
+    if model.dtype_policy.name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)
+    backup = Backup(out / BACKUP_DIR, model, optimizer, chief)
+    start = backup.restore()
+    best = BestModelCheckpoint(out / MODEL_FILE, "loss", out / HISTORY_FILE).best
+
+    def on_epoch_end(epoch, logs):
+        nonlocal best
+        if logs["loss"] < best:
+            best = logs["loss"]
+            target = writable_path(out / MODEL_FILE, chief)
+            write_atomically(target, model.save)
+            if not chief:
+                shutil.rmtree(target.parent)
+        if chief:
+            history = out / HISTORY_FILE
+            lines = history.read_text() if history.exists() else "epoch,loss\n"
+            write_atomically(history, lambda tmp: Path(tmp).write_text(
+                f"{lines}{epoch},{logs['loss']}\n"))
+        backup.save(epoch + 1)
+
+    fit_custom_loop(model, optimizer, train_data, strategy, config.epochs, config.steps_per_epoch,
+                    on_epoch_end, initial_epoch=start, verbose=verbose not in (0, False))
+    backup.finish()
 
 
 def read_config(folder):
@@ -336,7 +410,8 @@ def load_model_folder(folder):
     folder = Path(folder)
     config = read_config(folder)
     try:
-        model = keras.saving.load_model(folder / MODEL_FILE)  # safe_mode: no arbitrary code
+        # safe_mode (the default): no arbitrary code; compile=False: inference needs no optimizer
+        model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
     except Exception as err:
         raise ValueError(f"cannot load {folder / MODEL_FILE}: {err}") from None
     return model, config

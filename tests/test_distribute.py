@@ -1,0 +1,112 @@
+"""tf.distribute: mirrored with Keras fit, two workers on localhost with the custom loop."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from unet_tf import build_unet, make_dataset
+from unet_tf.distribute import fit_custom_loop
+from unet_tf.losses import weighted_pixel_loss
+from unet_tf.tiling import predict_tiled
+from unet_tf.training import TrainConfig, load_model_folder, train
+
+
+def tiny(tmp_path, **settings):
+    return TrainConfig(out=str(tmp_path / "model"), tile_size=188, depth=4, filters=4, epochs=2,
+                       steps_per_epoch=2, batch_size=2, val_split=0.0, **settings)
+
+
+def test_mirrored_trains_with_keras_fit(tmp_path, sample):
+    image, instances = sample[0][:200, :200], sample[1][:200, :200]
+    model = train(tiny(tmp_path, strategy="mirrored"), [image], [instances], verbose=0)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["distribution"]["strategy"] == "mirrored"
+    assert config["distribution"]["global_batch"] == 2 * config["distribution"]["replicas"]
+    assert len((tmp_path / "model" / "history.csv").read_text().splitlines()) == 3
+    assert predict_tiled(model, image[:50, :60], output="labels").shape == (50, 60)
+
+
+def test_custom_loop_and_fit_give_the_same_loss_for_one_step(sample):
+    image, instances = sample[0][:250, :250], sample[1][:250, :250]
+    batch = next(iter(make_dataset([image], [instances], tile_size=188, depth=4, batch_size=2,
+                                   seed=3)))
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+    models = []
+    for _ in range(2):
+        keras.utils.set_random_seed(0)
+        models.append(build_unet(depth=4, filters=4, dropout=0.0))
+    models[0].compile(keras.optimizers.SGD(0.01), weighted_pixel_loss())
+    fit_loss = models[0].fit(data, epochs=1, steps_per_epoch=1, verbose=0,
+                             shuffle=False).history["loss"][0]
+    logged = {}
+    fit_custom_loop(models[1], keras.optimizers.SGD(0.01), data, tf.distribute.get_strategy(),
+                    epochs=1, steps_per_epoch=1, on_epoch_end=lambda e, logs: logged.update(logs),
+                    verbose=False)
+    assert logged["loss"] == pytest.approx(fit_loss, rel=1e-5)
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):   # the same update too
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_multiworker_without_tf_config_is_refused(tmp_path, sample, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs TF_CONFIG"):
+        train(tiny(tmp_path, strategy="multiworker"), [sample[0]], [sample[1]])
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        tiny(tmp_path, strategy="tpu").validate()
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_on_localhost_train_in_step_and_only_the_chief_writes(tmp_path, sample):
+    from unet_tf.io import write_image
+    write_image(tmp_path / "images" / "a.tif", sample[0][:200, :200])
+    write_image(tmp_path / "masks" / "a.tif", sample[1][:200, :200])
+    workers = [f"localhost:{port}" for port in free_ports(2)]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "unet_tf.cli", "train", "--images", str(tmp_path / "images"),
+             "--masks", str(tmp_path / "masks"), "--out", str(tmp_path / f"out{index}"),
+             "--tile-size", "188", "--depth", "4", "--filters", "4", "--epochs", "3",
+             "--steps-per-epoch", "2", "--val-split", "0", "--strategy", "multiworker"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    losses = [[line for line in out.splitlines() if line.startswith("epoch ")] for out, _ in outputs]
+    assert len(losses[0]) == 3 and losses[0] == losses[1]       # one all-reduced trajectory
+    assert not (tmp_path / "out1").exists()                     # worker 1 wrote nothing
+    assert sorted(p.name for p in (tmp_path / "out0").iterdir()) == [
+        "config.json", "history.csv", "model.keras"]
+    config = json.loads((tmp_path / "out0" / "config.json").read_text())
+    assert config["distribution"]["replicas"] == 2 and config["distribution"]["global_batch"] == 2
+    model, _ = load_model_folder(tmp_path / "out0")
+    assert predict_tiled(model, sample[0][:60, :70], output="labels").shape == (60, 70)
+
+
+def test_mixed_precision_computes_in_float16_and_keeps_logits_float32(tmp_path, sample):
+    model = train(tiny(tmp_path, mixed_precision=True), [sample[0][:200, :200]],
+                  [sample[1][:200, :200]], verbose=0)
+    assert model.get_layer("down0_conv1").dtype_policy.name == "mixed_float16"
+    assert model.get_layer("logits").dtype_policy.name == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"   # restored afterwards
+    assert np.isfinite(float((tmp_path / "model" / "history.csv").read_text()
+                             .splitlines()[1].split(",")[2]))
