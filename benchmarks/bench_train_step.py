@@ -1,0 +1,110 @@
+"""Train step of the paper U-Net (572x572 tile): ours vs a peer Keras U-Net, and what moves it.
+
+Peer: `keras-unet`'s `vanilla_unet` (the same 31,030,658-parameter valid-conv net; install it for
+the benchmark only: `pip install --no-deps keras-unet matplotlib`). Both get SGD with momentum,
+random tiles, the same batch; ours with its weighted pixel loss, the peer with its own sigmoid
+output and binary cross-entropy. Prints seconds per step, the ratio, and GFLOP/s against the
+machine's fp32 peak (cores x max clock x 32 FLOP/cycle: two 256-bit FMA pipes; pass
+--peak-gflops to override).
+
+    python benchmarks/bench_train_step.py            # batch 1 and 2, all variants
+    python benchmarks/bench_train_step.py --quick    # batch 1, fewer repeats
+"""
+
+import argparse
+import os
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from _timing import best_time, report
+from unet_tf import build_unet
+from unet_tf.losses import weighted_pixel_loss
+
+
+def conv_flops(model):
+    """Forward FLOPs (2 per multiply-add) of the convolutions of ``model`` for one tile."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            k = np.prod(layer.kernel.shape)            # kh * kw * cin * cout
+            if isinstance(layer, keras.layers.Conv2DTranspose):
+                positions = np.prod(layer.input.shape[1:3])
+            else:
+                positions = np.prod(layer.output.shape[1:3])
+            total += 2 * k * positions
+    return int(total)
+
+
+def peak_gflops():
+    cores = len(os.sched_getaffinity(0))
+    try:
+        text = open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read()
+        ghz = int(text) / 1e6
+    except OSError:
+        ghz = max(float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)",
+                                              open("/proc/cpuinfo").read())) / 1e3
+    return cores * ghz * 32, cores, ghz
+
+
+def step_time(model, loss, batch, jit, repeat, steps_per_execution=1, weighted=True):
+    """Seconds per train step on one repeated random batch (weighted: ours, (x, y, w))."""
+    model.compile(keras.optimizers.SGD(1e-3, momentum=0.99), loss, jit_compile=jit,
+                  steps_per_execution=steps_per_execution)
+    size, out = model.input_shape[1], model.output_shape[1]
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, size, size, 1), np.float32)
+    y = (rng.random((batch, out, out)) > 0.5).astype(np.int32)
+    if weighted:
+        batch_data = (x, y, np.ones((batch, out, out), np.float32))
+    else:  # the peer: sigmoid outputs against one-hot targets
+        batch_data = (x, keras.utils.to_categorical(y, 2))
+    data = tf.data.Dataset.from_tensors(batch_data).repeat()
+    n = steps_per_execution
+    model.fit(data, steps_per_epoch=n, epochs=1, verbose=0)  # trace and warm up
+    return best_time(lambda: model.fit(data, steps_per_epoch=n, epochs=1, verbose=0),
+                     repeat) / n
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="batch 1 only, fewer repeats")
+    parser.add_argument("--peak-gflops", type=float, help="the machine's fp32 peak")
+    args = parser.parse_args()
+    repeat = 2 if args.quick else 3
+    peak, cores, ghz = peak_gflops()
+    peak = args.peak_gflops or peak
+    from keras_unet.models import vanilla_unet
+
+    keras.utils.set_random_seed(0)
+    ours = build_unet((572, 572, 1))
+    flops = 3 * conv_flops(ours)  # forward + backward (two convolutions' worth)
+    print(f"paper net, 572 tile: {flops / 1e9:.0f} GFLOP per tile and train step; "
+          f"fp32 peak {peak:.0f} GFLOP/s ({cores} cores x {ghz:.2f} GHz x 32)")
+    for batch in ((1,) if args.quick else (1, 2)):
+        peer = vanilla_unet(input_shape=(572, 572, 1), num_classes=2)
+        peer_s = step_time(peer, keras.losses.BinaryCrossentropy(), batch, False, repeat,
+                           weighted=False)
+        times = {}
+        for name, jit, spe in (("default", False, 1), ("xla", True, 1),
+                               ("steps_per_execution=4", False, 4)):
+            if args.quick and name != "default":
+                continue
+            keras.utils.set_random_seed(0)
+            times[name] = step_time(build_unet((572, 572, 1)), weighted_pixel_loss(), batch,
+                                    jit, repeat, spe)
+        print(f"batch {batch}: peer {peer_s:.2f} s/step, " + ", ".join(
+            f"{k} {v:.2f} s/step ({flops * batch / v / 1e9:.0f} GFLOP/s, "
+            f"{100 * flops * batch / v / 1e9 / peak:.0f}% of peak)" for k, v in times.items()))
+        report(f"train step batch {batch} vs keras-unet vanilla_unet", "keras-unet", peer_s,
+               times["default"], unit="s")
+        for name, seconds in times.items():
+            if name != "default":
+                report(f"train step batch {batch}, {name} vs default", "default",
+                       times["default"], seconds, unit="s")
+
+
+if __name__ == "__main__":
+    main()
