@@ -36,7 +36,9 @@ from .training import load_model_folder, read_config
 EXPORT_DIR = "export"
 SAVEDMODEL_DIR = "savedmodel"
 TFLITE_KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
-FORMATS = ("savedmodel", *TFLITE_KINDS, "edgetpu")
+FORMATS = ("savedmodel", *TFLITE_KINDS, "edgetpu", "onnx")
+ONNX_FILE = "model.onnx"
+ONNX_OPSET = 17  # what deepImageJ's ONNX runtime reads
 CALIBRATION_TILES = 64   # representative tiles for int8 calibration
 CHECK_TILES = 4          # tiles on which an export is compared with the Keras model
 
@@ -245,6 +247,41 @@ def _agreement(model, model_bytes, tiles):
             "label_agreement": float(np.mean(logits.argmax(-1) == reference.argmax(-1)))}
 
 
+# --------------------------------------------------------------------------- ONNX
+
+def _onnx_modules():
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx
+    except ImportError as err:
+        raise ModuleNotFoundError(f"ONNX export needs the onnx extra: pip install 'unet-tf[onnx]' "
+                          f"(tf2onnx, onnxruntime); {err}") from None
+    return tf2onnx
+
+
+def export_onnx(model, config, path):
+    """Write an ONNX model (opset 17): ``image`` float32 ``(N, H, W, C)`` normalised, any valid
+    size -> ``probabilities`` float32 ``(N, H-shrink, W-shrink, K)`` (softmax in the graph)."""
+    tf2onnx = _onnx_modules()
+    spec = [tf.TensorSpec([None, None, None, config["architecture"]["channels"]], tf.float32,
+                          name="image")]
+
+    @tf.function(input_signature=spec)
+    def probabilities(image):
+        return {"probabilities": tf.nn.softmax(model(image, training=False))}
+
+    tf2onnx.convert.from_function(probabilities, input_signature=spec, opset=ONNX_OPSET,
+                                  output_path=str(path))
+
+
+def run_onnx(path, tiles):
+    """Probabilities from an exported ONNX model with onnxruntime (CPU)."""
+    _onnx_modules()
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["probabilities"], {"image": np.asarray(tiles, np.float32)})[0]
+
+
 # --------------------------------------------------------------------------- entry point
 
 def _calibration_source(config, calibration_images):
@@ -273,8 +310,8 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
 
     Args:
         model_dir: a folder written by :func:`unet_tf.train`.
-        format: ``"savedmodel"``, ``"tflite"`` (float32), ``"tflite-fp16"`` or ``"tflite-int8"``
-            (``"edgetpu"``: see :func:`export_edgetpu`).
+        format: ``"savedmodel"``, ``"tflite"`` (float32), ``"tflite-fp16"``, ``"tflite-int8"``,
+            ``"onnx"`` (``"edgetpu"``: see :func:`export_edgetpu`).
         tile_size: TFLite tile (a valid size; default the training tile). SavedModels take any.
         calibration_images: int8 only: a folder or a list of ``YX``/``YXC`` arrays like the
             training data. Default: the training images folder recorded in ``config.json``.
@@ -287,6 +324,15 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     config = read_config(model_dir)            # cheap checks first: the model loads last
     export_dir = Path(model_dir) / EXPORT_DIR
     check_writable(export_dir, "export folder")
+    if format == "onnx":
+        target = export_dir / ONNX_FILE
+        _check_target(target, overwrite)
+        _onnx_modules()
+        model, _ = load_model_folder(model_dir)
+        export_dir.mkdir(exist_ok=True)
+        from .io import write_atomically
+        write_atomically(target, lambda tmp: export_onnx(model, config, tmp))
+        return target
     if format == "savedmodel":
         target = export_dir / SAVEDMODEL_DIR
         _check_target(target, overwrite)
