@@ -45,6 +45,12 @@ setup(
         "tensorboard",  # the TensorBoard callback writes summaries through it
         "ai-edge-litert",  # runs exported .tflite models (tf.lite.Interpreter is deprecated)
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        "onnx": ["tf2onnx>=1.17", "onnxruntime"],
+        # bioimageio.spec 0.5.12 fails to serialise packages with pydantic >= 2.12
+        "bioimageio": ["bioimageio.core>=0.11", "bioimageio.spec>=0.5.12", "pydantic<2.12",
+                       "tf2onnx>=1.17", "onnxruntime"],
+    },
     entry_points={"console_scripts": ["unet-tf=unet_tf.cli:main"]},
 )

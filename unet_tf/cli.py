@@ -348,12 +348,13 @@ def _add_export(subparsers):
         unet-tf export my-model --format tflite --tile-size 252 --overwrite
         unet-tf export edge-model --format edgetpu      # int8 + op check (+ edgetpu_compiler)
         unet-tf export my-model --format onnx           # needs pip install 'unet-tf[onnx]'
+        unet-tf export my-model --format bioimageio     # Fiji/deepImageJ, napari, ilastik
         python export/edge_predict.py my-model/export/model_int8.tflite cells.tif --out masks
         """, _cmd_export)
     p.add_argument("model", help="model folder written by `unet-tf train`")
     p.add_argument("--format", required=True,
                    choices=("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "edgetpu",
-                            "onnx"),
+                            "onnx", "bioimageio"),
                    help="SavedModel (any size, dynamic batch), a TFLite tile model, or the int8 "
                    "one checked (and compiled, if edgetpu_compiler is installed) for the Edge TPU")
     p.add_argument("--tile-size", type=int, help="TFLite input tile (default: the training tile)")

@@ -36,8 +36,9 @@ from .training import load_model_folder, read_config
 EXPORT_DIR = "export"
 SAVEDMODEL_DIR = "savedmodel"
 TFLITE_KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
-FORMATS = ("savedmodel", *TFLITE_KINDS, "edgetpu", "onnx")
+FORMATS = ("savedmodel", *TFLITE_KINDS, "edgetpu", "onnx", "bioimageio")
 ONNX_FILE = "model.onnx"
+BIOIMAGEIO_FILE = "bioimageio.zip"
 ONNX_OPSET = 17  # what deepImageJ's ONNX runtime reads
 CALIBRATION_TILES = 64   # representative tiles for int8 calibration
 CHECK_TILES = 4          # tiles on which an export is compared with the Keras model
@@ -311,7 +312,7 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     Args:
         model_dir: a folder written by :func:`unet_tf.train`.
         format: ``"savedmodel"``, ``"tflite"`` (float32), ``"tflite-fp16"``, ``"tflite-int8"``,
-            ``"onnx"`` (``"edgetpu"``: see :func:`export_edgetpu`).
+            ``"onnx"``, ``"bioimageio"`` (``"edgetpu"``: see :func:`export_edgetpu`).
         tile_size: TFLite tile (a valid size; default the training tile). SavedModels take any.
         calibration_images: int8 only: a folder or a list of ``YX``/``YXC`` arrays like the
             training data. Default: the training images folder recorded in ``config.json``.
@@ -324,14 +325,18 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     config = read_config(model_dir)            # cheap checks first: the model loads last
     export_dir = Path(model_dir) / EXPORT_DIR
     check_writable(export_dir, "export folder")
-    if format == "onnx":
-        target = export_dir / ONNX_FILE
+    if format in ("onnx", "bioimageio"):
+        from .bioimageio import export_bioimageio, _modules as bioimageio_modules
+        from .io import write_atomically
+        target = export_dir / (ONNX_FILE if format == "onnx" else BIOIMAGEIO_FILE)
         _check_target(target, overwrite)
         _onnx_modules()
+        if format == "bioimageio":
+            bioimageio_modules()
         model, _ = load_model_folder(model_dir)
         export_dir.mkdir(exist_ok=True)
-        from .io import write_atomically
-        write_atomically(target, lambda tmp: export_onnx(model, config, tmp))
+        write = export_onnx if format == "onnx" else export_bioimageio
+        write_atomically(target, lambda tmp: write(model, config, tmp))
         return target
     if format == "savedmodel":
         target = export_dir / SAVEDMODEL_DIR

@@ -1,0 +1,65 @@
+"""ONNX and bioimage.io exports (the `onnx` / `bioimageio` extras; .ci/run installs both)."""
+
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from unet_tf.convert import export_model, run_onnx
+from unet_tf.training import load_model_folder
+
+pytest.importorskip("tf2onnx", reason="ONNX export needs the extra: pip install 'unet-tf[onnx]'")
+pytest.importorskip("onnxruntime", reason="needs the extra: pip install 'unet-tf[onnx]'")
+
+
+@pytest.fixture(scope="module")
+def folder(trained_folder, tmp_path_factory):
+    copy = tmp_path_factory.mktemp("interop") / "model"
+    shutil.copytree(trained_folder, copy, ignore=shutil.ignore_patterns("export"))
+    return copy
+
+
+def test_onnx_agrees_with_keras_at_any_valid_size(folder, sample):
+    path = export_model(folder, "onnx")
+    import onnx
+    graph = onnx.load(str(path))
+    assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    model, config = load_model_folder(folder)
+    from unet_tf.images import normalize
+    for height, width in ((188, 188), (252, 204)):               # dynamic height and width
+        tiles = normalize(sample[0][:height, :width])[None, ..., None]
+        expected = tf.nn.softmax(model(tiles)).numpy()
+        np.testing.assert_allclose(run_onnx(path, tiles), expected, atol=1e-4)
+    with pytest.raises(FileExistsError):
+        export_model(folder, "onnx")
+
+
+def test_bioimageio_package_validates_and_passes_its_own_test(folder):
+    pytest.importorskip("bioimageio.core", reason="needs the extra: pip install "
+                                                  "'unet-tf[bioimageio]'")
+    from bioimageio.core import test_model
+    path = export_model(folder, "bioimageio")
+    names = set(zipfile.ZipFile(path).namelist())
+    assert {"rdf.yaml", "model.keras", "model.onnx", "test_input.npy", "test_output.npy",
+            "cover.png", "README.md", "LICENSE"} <= names
+    summary = test_model(str(path))
+    assert summary.status == "passed", summary.format()
+    from bioimageio.spec import load_model_description
+    description = load_model_description(path)
+    y_in, y_out = description.inputs[0].axes[1], description.outputs[0].axes[1]
+    assert (y_in.size.min, y_in.size.step) == (92, 8)              # depth 4: 92 + 8k
+    assert y_out.size.offset == -88                                # 44 px per side
+    (scale,) = [step for step in description.inputs[0].preprocessing if step.id == "scale_range"]
+    assert (scale.kwargs.min_percentile, scale.kwargs.max_percentile) == (1.0, 99.8)
+    assert "10.1007/978-3-319-24574-4_28" in str(description.cite[0].doi)
+
+
+def test_missing_extra_is_one_clear_line(folder, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)
+    from unet_tf import cli
+    assert cli.main(["export", str(folder), "--format", "onnx", "--overwrite"]) == 2
+    assert "pip install 'unet-tf[onnx]'" in capsys.readouterr().err
