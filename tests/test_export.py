@@ -165,14 +165,13 @@ def dies_halfway(model, config, path):
     real(model, config, path)                 # a complete new SavedModel in the temp folder ...
     os.kill(os.getpid(), signal.SIGKILL)      # ... and the process dies before the rename
 convert.export_savedmodel = dies_halfway
-import unet_tf.io as io
-real_write = io.write_atomically
+real_write = convert.write_atomically
 def dies_before_rename(path, write):
     if str(path).endswith(".tflite"):
         write(path.parent / f".{path.name}.partial")  # the new bytes are on disk ...
         os.kill(os.getpid(), signal.SIGKILL)  # ... and the process dies before the rename
     real_write(path, write)
-io.write_atomically = dies_before_rename
+convert.write_atomically = dies_before_rename
 convert.export_model(sys.argv[1], sys.argv[2], overwrite=True)
 """
 

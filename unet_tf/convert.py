@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from . import __version__
 from .images import NORMALIZATION
-from .io import check_writable
+from .io import check_writable, write_atomically
 from .model import build_unet, check_input_size, output_size, size_rule
 from .tiling import tile_stride
 from .training import load_model_folder, read_config
@@ -327,7 +327,6 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     check_writable(export_dir, "export folder")
     if format in ("onnx", "bioimageio"):
         from .bioimageio import export_bioimageio, _modules as bioimageio_modules
-        from .io import write_atomically
         target = export_dir / (ONNX_FILE if format == "onnx" else BIOIMAGEIO_FILE)
         _check_target(target, overwrite)
         _onnx_modules()
@@ -359,10 +358,9 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     target = export_dir / f"model_{kind}.tflite"
     sidecar = target.with_suffix(".json")
     _check_target(target, overwrite)
-    if kind == "int8":
-        images, masks = _calibration_source(config, calibration_images)
+    calibration = _calibration_source(config, calibration_images) if kind == "int8" else None
     model, _ = load_model_folder(model_dir)
-    tiles = calibration_tiles(images, masks, config, tile_size) if kind == "int8" else None
+    tiles = calibration_tiles(*calibration, config, tile_size) if calibration else None
     model_bytes = _tflite_bytes(_fixed_size_model(model, config, tile_size), kind, tiles)
     if tiles is None:
         rng = np.random.default_rng(0)  # float exports: any input shows agreement
@@ -370,7 +368,6 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     check = _agreement(model, model_bytes, tiles[:CHECK_TILES])
     metadata = tflite_metadata(model_bytes, config, tile_size, kind, check)
 
-    from .io import write_atomically
     export_dir.mkdir(exist_ok=True)
     # Sidecar first: should the second rename never happen, the sidecar's SHA-256 no longer
     # matches the .tflite and runtimes refuse the pair instead of mis-reading it.
