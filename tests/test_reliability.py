@@ -259,7 +259,8 @@ def test_sigkill_mid_training_leaves_a_loadable_folder_and_the_rerun_resumes(ws,
         if (tmp_path / "m" / "history.csv").exists() and len(_history(tmp_path / "m")) >= 3:
             break
         time.sleep(0.05)
-    assert process.poll() is None, "training ended before it could be killed"
+    assert process.poll() is None, ("training ended before it could be killed: "
+                                    + process.stderr.read().decode(errors="replace")[-3000:])
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     done = _history(tmp_path / "m")
