@@ -243,7 +243,8 @@ def test_masks_of_one_class_warn_but_train(tmp_path, sample):
 
 
 def _history(folder):
-    lines = (Path(folder) / "history.csv").read_text().splitlines()[1:]
+    """Epochs in history.csv; a row still being written (no newline yet) is not counted."""
+    lines = (Path(folder) / "history.csv").read_text().split("\n")[1:-1]
     return [int(line.split(",")[0]) for line in lines]
 
 

@@ -11,6 +11,7 @@ the U-Net citation and the license. Needs the ``bioimageio`` extra.
 """
 
 import datetime
+import os
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,9 @@ UNET_PAPER = {"text": "Ronneberger, Fischer, Brox. U-Net: Convolutional Networks
 
 
 def _modules():
+    # bioimageio.core sets KERAS_BACKEND process-wide (default torch) when it loads Keras
+    # weights; these are TensorFlow weights, and our own subprocesses inherit the variable.
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
         import bioimageio.core  # noqa: F401
         import bioimageio.spec
