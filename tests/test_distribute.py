@@ -110,3 +110,39 @@ def test_mixed_precision_computes_in_float16_and_keeps_logits_float32(tmp_path, 
     assert keras.mixed_precision.global_policy().name == "float32"   # restored afterwards
     assert np.isfinite(float((tmp_path / "model" / "history.csv").read_text()
                              .splitlines()[1].split(",")[2]))
+
+
+@pytest.mark.slow
+def test_a_killed_multiworker_run_resumes_from_the_chiefs_backup(tmp_path, sample):
+    import signal
+    import time
+    from unet_tf.io import write_image
+    write_image(tmp_path / "images" / "a.tif", sample[0][:200, :200])
+    write_image(tmp_path / "masks" / "a.tif", sample[1][:200, :200])
+    env = dict(os.environ, TF_CONFIG=json.dumps(
+        {"cluster": {"worker": [f"localhost:{free_ports(1)[0]}"]},
+         "task": {"type": "worker", "index": 0}}))
+    args = [sys.executable, "-m", "unet_tf.cli", "train", "--images", str(tmp_path / "images"),
+            "--masks", str(tmp_path / "masks"), "--out", str(tmp_path / "m"), "--tile-size",
+            "188", "--depth", "4", "--filters", "4", "--epochs", "10", "--steps-per-epoch", "6",
+            "--val-split", "0", "--strategy", "multiworker"]
+    history = tmp_path / "m" / "history.csv"
+    epochs = lambda: [int(row.split(",")[0]) for row in history.read_text().split("\n")[1:-1]]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if history.exists() and len(epochs()) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read().decode(errors="replace")[-3000:]
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = epochs()
+    assert 3 <= len(done) < 10 and (tmp_path / "m" / "backup").is_dir()
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed = [int(line.split()[1].split("/")[0]) for line in rerun.stdout.splitlines()
+               if line.startswith("epoch ")]
+    assert resumed[0] > 1 and resumed[-1] == 10          # went on from the backup, not from 1
+    assert epochs()[-1] == 9 and not (tmp_path / "m" / "backup").exists()
+    load_model_folder(tmp_path / "m")
