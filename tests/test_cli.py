@@ -1,7 +1,6 @@
 import subprocess
 import sys
 
-import pytest
 
 from unet_tf.cli import build_parser, main
 

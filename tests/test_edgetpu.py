@@ -1,6 +1,5 @@
 """Edge TPU: the edge preset maps op by op, the paper net does not, and the checker says why."""
 
-import json
 import subprocess
 import sys
 

@@ -1,4 +1,3 @@
-import numpy as np
 import keras
 
 from unet_tf import build_unet, normalize, output_size, weighted_pixel_loss

@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import cv2
-import numpy as np
 import tifffile
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
