@@ -159,17 +159,23 @@ def split_images(n, val_split, seed):
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
+def best_in_history(history, monitor):
+    """The lowest ``monitor`` value in a history.csv (``inf`` without one)."""
+    if history is None or not Path(history).exists():
+        return np.inf
+    import csv
+    with open(history) as f:
+        values = [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor)]
+    return min(values, default=np.inf)
+
+
 class BestModelCheckpoint(keras.callbacks.Callback):
     """Save the model to ``path`` (atomically) whenever ``monitor`` reaches a new minimum."""
 
     def __init__(self, path, monitor, history=None):
         super().__init__()
-        self.path, self.monitor, self.best = Path(path), monitor, np.inf
-        if history is not None and Path(history).exists():  # a resumed run keeps its best
-            import csv
-            with open(history) as f:
-                values = [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor)]
-            self.best = min(values, default=np.inf)
+        self.path, self.monitor = Path(path), monitor
+        self.best = best_in_history(history, monitor)  # a resumed run keeps its best
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -361,7 +367,7 @@ def _fit_multiworker(model, optimizer, train_data, strategy, config, out, chief,
         optimizer.build(model.trainable_variables)
     backup = Backup(out / BACKUP_DIR, model, optimizer, chief)
     start = backup.restore()
-    best = BestModelCheckpoint(out / MODEL_FILE, "loss", out / HISTORY_FILE).best
+    best = best_in_history(out / HISTORY_FILE, "loss")
 
     def on_epoch_end(epoch, logs):
         nonlocal best
