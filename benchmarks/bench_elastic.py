@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 
 from _timing import best_time, report
 from unet_tf.augment import elastic_deform
-from unet_tf.datasets import load_sample
+from unet_tf.samples import load_sample
 
 
 def scipy_elastic(image, labels, rng, grid=3, sigma=10.0):

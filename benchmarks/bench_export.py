@@ -14,8 +14,8 @@ import numpy as np
 
 from _timing import best_time, report
 from unet_tf import build_unet
-from unet_tf.convert import _tflite_bytes
-from unet_tf.datasets import load_sample
+from unet_tf.exporters.tflite import convert as convert_to_tflite
+from unet_tf.samples import load_sample
 from unet_tf.images import crop_reflect, normalize
 
 
@@ -52,7 +52,7 @@ def main():
     calls = {"keras": lambda: model(sample, training=False).numpy()}
     sizes = {}
     for kind in ("float32", "fp16", "int8"):
-        model_bytes = _tflite_bytes(model, kind, tiles if kind == "int8" else None)
+        model_bytes = convert_to_tflite(model, kind, tiles if kind == "int8" else None)
         sizes[kind] = len(model_bytes) / 1e6
         calls[kind] = interpreter_call(model_bytes, sample)
     times = {}

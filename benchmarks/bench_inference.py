@@ -15,10 +15,11 @@ import numpy as np
 
 from _timing import best_time, report
 from unet_tf import build_unet
-from unet_tf.convert import _tflite_bytes, calibration_tiles
-from unet_tf.datasets import load_sample
+from unet_tf.exporters.tflite import calibration_tiles, convert as convert_to_tflite
+from unet_tf.samples import load_sample
 from unet_tf.images import NORMALIZATION
-from unet_tf.model import PRESETS, output_size, size_rule
+from unet_tf.config import PRESETS
+from unet_tf.sizes import output_size, size_rule
 from unet_tf.tiling import predict_tiled
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "export"))
@@ -33,8 +34,8 @@ def tflite_model(model, preset, kind, image, folder):
     config = {"architecture": {"depth": p["depth"], "upsampling": p["upsampling"],
                                "num_classes": 2, "channels": 1},
               "normalization": NORMALIZATION}
-    tiles = calibration_tiles([image], None, config, p["tile_size"], 16) if kind == "int8" else None
-    data = _tflite_bytes(model, kind, tiles)
+    tiles = calibration_tiles([image], config, p["tile_size"], 16) if kind == "int8" else None
+    data = convert_to_tflite(model, kind, tiles)
     path = Path(folder) / f"{preset}_{kind}.tflite"
     path.write_bytes(data)
     path.with_suffix(".json").write_text(json.dumps({

@@ -13,7 +13,7 @@ import time
 import tensorflow as tf
 
 from unet_tf.data import make_dataset
-from unet_tf.datasets import load_sample
+from unet_tf.samples import load_sample
 
 
 def samples_per_second(parallel, samples):

@@ -15,7 +15,7 @@ import numpy as np
 from _timing import best_time
 from bench_weight_map import random_cells
 from unet_tf import build_unet, weight_map
-from unet_tf.datasets import load_sample
+from unet_tf.samples import load_sample
 from unet_tf.tiling import predict_tiled, tile_count
 
 

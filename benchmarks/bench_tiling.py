@@ -13,7 +13,7 @@ import numpy as np
 
 from _timing import best_time
 from unet_tf import build_unet
-from unet_tf.datasets import load_sample
+from unet_tf.samples import load_sample
 from unet_tf.tiling import forward, predict_tiled, tile_count
 
 

@@ -8,8 +8,8 @@ import argparse
 import numpy as np
 
 from _timing import best_time, report
-from unet_tf.datasets import load_sample
-from unet_tf.weights import weight_map, weight_map_reference
+from unet_tf.samples import load_sample
+from unet_tf.weightmaps import weight_map, weight_map_reference
 
 
 def random_cells(size=512, cells=150, seed=0):

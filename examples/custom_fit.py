@@ -7,7 +7,7 @@ import keras
 
 import unet_tf
 
-image, instances = unet_tf.datasets.load_sample()
+image, instances = unet_tf.samples.load_sample()
 train_data = unet_tf.make_dataset([image[:, :384]], [instances[:, :384]], tile_size=188, depth=4,
                                   batch_size=4, seed=0)
 val_data = unet_tf.make_dataset([image[:, 384:]], [instances[:, 384:]], tile_size=188, depth=4,

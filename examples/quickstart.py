@@ -9,12 +9,12 @@ import keras
 
 import unet_tf
 
-image, instances = unet_tf.datasets.load_sample()
+image, instances = unet_tf.samples.load_sample()
 x = unet_tf.normalize(image)
 foreground = (instances > 0).astype("int32")
 
 depth = 4
-tile = unet_tf.valid_input_size(156, depth)
+tile = unet_tf.next_valid_input_size(156, depth)
 out = unet_tf.output_size(tile, depth)
 margin = (tile - out) // 2
 print(f"depth {depth}: input tile {tile} -> output {out} (crop margin {margin} per side)")

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import unet_tf
 from unet_tf.io import load_pairs, write_image
-from unet_tf.training import TrainConfig, train
+from unet_tf.config import TrainConfig
+from unet_tf.training import train
 
 if len(sys.argv) == 4:
     images_dir, masks_dir, out = sys.argv[1:]
 else:
-    image, instances = unet_tf.datasets.load_sample()
+    image, instances = unet_tf.samples.load_sample()
     images_dir, masks_dir, out = "example-data/images", "example-data/masks", "example-model"
     for name, rows in (("top", slice(0, 256)), ("bottom", slice(256, 512))):
         write_image(Path(images_dir) / f"{name}.tif", image[rows], overwrite=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overlap_tile import predict_tiled, softmax  # noqa: E402
+from overlap_tile import as_yxc_with, dequantize, predict_tiled, quantize, softmax  # noqa: E402
 
 PROG = "edge_predict"
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -65,24 +65,19 @@ class EdgeModel:
         """Logits ``(B, O, O, K)`` float32 for normalised float32 tiles ``(B, T, T, C)``."""
         results = []
         for tile in tiles:
-            x = tile[None]
-            if self.input["dtype"] in (np.int8, np.uint8):
-                scale, zero = self.input["quantization"]
-                info = np.iinfo(self.input["dtype"])
-                x = np.clip(np.round(x / scale) + zero, info.min, info.max)
-            self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+            self.interpreter.set_tensor(self.input["index"], quantize(tile[None], self.input))
             self.interpreter.invoke()
-            y = self.interpreter.get_tensor(self.output["index"])[0]
-            if self.output["dtype"] in (np.int8, np.uint8):
-                scale, zero = self.output["quantization"]
-                y = (y.astype(np.float32) - zero) * scale
-            results.append(y)
+            results.append(dequantize(self.interpreter.get_tensor(self.output["index"])[0],
+                                      self.output))
         return np.stack(results)
 
     def predict(self, image, output="labels"):
         """``"logits"``/``"probabilities"`` ``(H, W, K)`` or class ``"labels"`` ``(H, W)`` int32
         for a whole ``YX``/``YXC`` image of any size."""
-        logits = predict_tiled(image, self.predict_tiles, self.meta)
+        meta = self.meta
+        image = as_yxc_with(image, meta["channels"])
+        logits = predict_tiled(image, self.predict_tiles, meta["tile_size"], meta["output_size"],
+                               meta["pooling_period"], meta["normalization"])
         if output == "logits":
             return logits
         if output == "probabilities":

@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def sample():
-    from unet_tf.datasets import load_sample
+    from unet_tf.samples import load_sample
     return load_sample()
 
 
@@ -24,7 +24,8 @@ def trained_folder(tmp_path_factory, sample):
     """A small model folder trained for ~20 s on the left three quarters of the sample (its
     training images stay on disk, as int8 calibration reads them); the rest is held out."""
     from unet_tf.io import write_image
-    from unet_tf.training import TrainConfig, train
+    from unet_tf.config import TrainConfig
+    from unet_tf.training import train
     image, instances = sample
     root = tmp_path_factory.mktemp("trained")
     write_image(root / "images" / "nuclei.tif", image[:, :384])

@@ -4,7 +4,7 @@ import tensorflow as tf
 import keras
 
 from unet_tf import build_unet, output_size, weighted_pixel_loss
-from unet_tf.data import grid_tiles, make_dataset
+from unet_tf.data import validation_windows, make_dataset
 
 
 @pytest.mark.parametrize("tile", [188, 572])
@@ -64,7 +64,7 @@ def test_small_images_are_mirrored_and_unscored_outside(sample):
 def test_validation_tiles_cover_every_image_pixel(sample):
     image, instances = sample
     out = output_size(252)
-    tiles = grid_tiles((512, 300), out)
+    tiles = validation_windows((512, 300), out)
     covered = np.zeros((512, 300), bool)
     for top, left in tiles:
         covered[top:top + out, left:left + out] = True
@@ -72,7 +72,7 @@ def test_validation_tiles_cover_every_image_pixel(sample):
     ds = make_dataset([image, image[:300, :200]], [instances, instances[:300, :200]],
                       tile_size=252, batch_size=3, validation=True)
     n = sum(int(x.shape[0]) for x, _, _ in ds)
-    assert n == len(grid_tiles((512, 512), out)) + len(grid_tiles((300, 200), out))
+    assert n == len(validation_windows((512, 512), out)) + len(validation_windows((300, 200), out))
 
 
 def test_model_fit_runs_on_the_dataset(sample):

@@ -15,7 +15,9 @@ from unet_tf import build_unet, make_dataset
 from unet_tf.distribute import fit_custom_loop
 from unet_tf.losses import weighted_pixel_loss
 from unet_tf.tiling import predict_tiled
-from unet_tf.training import TrainConfig, load_model_folder, train
+from unet_tf.config import TrainConfig
+from unet_tf.model_folder import load_model_folder
+from unet_tf.training import train
 
 
 def tiny(tmp_path, **settings):

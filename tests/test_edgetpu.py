@@ -9,10 +9,12 @@ import pytest
 import tensorflow as tf
 
 from unet_tf import build_unet
-from unet_tf.convert import _tflite_bytes, export_edgetpu
-from unet_tf.edgetpu import check_tflite
-from unet_tf.model import PRESETS
-from unet_tf.training import TrainConfig, train
+from unet_tf.exporters.edgetpu import export_edgetpu
+from unet_tf.exporters.tflite import convert as convert_to_tflite
+from unet_tf.exporters.edgetpu import check_tflite
+from unet_tf.config import PRESETS
+from unet_tf.config import TrainConfig
+from unet_tf.training import train
 
 EXPORT_KIT = __import__("pathlib").Path(__file__).resolve().parent.parent / "export"
 
@@ -20,7 +22,7 @@ EXPORT_KIT = __import__("pathlib").Path(__file__).resolve().parent.parent / "exp
 def int8_bytes(model, tiles=1):
     size = model.input_shape[1]
     representative = np.random.default_rng(0).random((tiles, 1, size, size, 1), np.float32)
-    return _tflite_bytes(model, "int8", representative)
+    return convert_to_tflite(model, "int8", representative)
 
 
 def preset_net(name, **overrides):
@@ -55,7 +57,7 @@ def test_the_paper_net_is_reported_with_its_unmapped_ops_and_size():
 
 
 def test_float_dynamic_and_half_pixel_models_are_explained():
-    float_report = check_tflite(_tflite_bytes(preset_net("edge", filters=4), "float32", None))
+    float_report = check_tflite(convert_to_tflite(preset_net("edge", filters=4), "float32", None))
     assert not float_report.ok and "float32 tensors" in float_report.unmapped[0].why
     assert "tflite-int8" in float_report.advice
 
@@ -102,7 +104,7 @@ def edge_folder(tmp_path_factory, sample):
 def test_edge_preset_trains_and_its_int8_model_keeps_its_accuracy(edge_folder, sample):
     from unet_tf.metrics import foreground_iou
     from unet_tf.tiling import predict_tiled
-    from unet_tf.training import load_model_folder
+    from unet_tf.model_folder import load_model_folder
     sys.path.insert(0, str(EXPORT_KIT))
     from edge_predict import EdgeModel
     image, instances = sample

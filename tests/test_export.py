@@ -13,10 +13,11 @@ import pytest
 import tensorflow as tf
 import tifffile
 
-from unet_tf.convert import export_model, run_tflite
+from unet_tf.exporters import export_model
+from unet_tf.exporters.tflite import run_tflite
 from unet_tf.metrics import foreground_iou
 from unet_tf.tiling import predict_tiled
-from unet_tf.training import load_model_folder
+from unet_tf.model_folder import load_model_folder
 
 EXPORT_KIT = Path(__file__).resolve().parent.parent / "export"
 sys.path.insert(0, str(EXPORT_KIT))
@@ -162,20 +163,22 @@ def test_existing_exports_are_kept_unless_overwrite(folder):
 
 KILLED_EXPORT = """
 import os, signal, sys
-import unet_tf.convert as convert
-real = convert.export_savedmodel
+import unet_tf.exporters.savedmodel as savedmodel
+import unet_tf.exporters.tflite as tflite
+from unet_tf.exporters import export_model
+real = savedmodel.export_savedmodel
 def dies_halfway(model, config, path):
     real(model, config, path)                 # a complete new SavedModel in the temp folder ...
     os.kill(os.getpid(), signal.SIGKILL)      # ... and the process dies before the rename
-convert.export_savedmodel = dies_halfway
-real_write = convert.write_atomically
+savedmodel.export_savedmodel = dies_halfway
+real_write = tflite.write_atomically
 def dies_before_rename(path, write):
     if str(path).endswith(".tflite"):
         write(path.parent / f".{path.name}.partial")  # the new bytes are on disk ...
         os.kill(os.getpid(), signal.SIGKILL)  # ... and the process dies before the rename
     real_write(path, write)
-convert.write_atomically = dies_before_rename
-convert.export_model(sys.argv[1], sys.argv[2], overwrite=True)
+tflite.write_atomically = dies_before_rename
+export_model(sys.argv[1], sys.argv[2], overwrite=True)
 """
 
 
@@ -192,12 +195,12 @@ def test_a_killed_export_leaves_the_previous_artefact_untouched(folder, format, 
 
 
 def test_a_failed_export_cleans_up(folder, monkeypatch):
-    import unet_tf.convert as convert
+    import unet_tf.exporters.savedmodel as savedmodel
     def fails(model, config, path):
         Path(path).mkdir(parents=True)
         (Path(path) / "partial").write_text("x")
         raise RuntimeError("disk full")
-    monkeypatch.setattr(convert, "export_savedmodel", fails)
+    monkeypatch.setattr(savedmodel, "export_savedmodel", fails)
     before = sorted((folder / "export").iterdir())   # a killed export (above) leaves its temp
     with pytest.raises(RuntimeError, match="disk full"):
         export_model(folder, "savedmodel", overwrite=True)

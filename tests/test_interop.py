@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet_tf.convert import export_model, run_onnx
-from unet_tf.training import load_model_folder
+from unet_tf.exporters import export_model
+from unet_tf.exporters.onnx import run_onnx
+from unet_tf.model_folder import load_model_folder
 
 pytest.importorskip("tf2onnx", reason="ONNX export needs the extra: pip install 'unet-tf[onnx]'")
 pytest.importorskip("onnxruntime", reason="needs the extra: pip install 'unet-tf[onnx]'")

@@ -3,8 +3,8 @@ import pytest
 import tensorflow as tf
 import keras
 
-from unet_tf import build_unet, crop_amounts, output_size, size_rule, valid_input_size
-from unet_tf.model import is_valid_input_size
+from unet_tf import build_unet, crop_amounts, next_valid_input_size, output_size, size_rule
+from unet_tf.sizes import is_valid_input_size
 
 
 def test_paper_network_parameters_layers_and_output():
@@ -50,10 +50,10 @@ def test_invalid_sizes_raise_named_value_error(size, message):
 
 
 def test_valid_input_size_rounds_up():
-    assert valid_input_size(570) == 572
-    assert valid_input_size(572) == 572
-    assert valid_input_size(1) == 188
-    assert valid_input_size(201, depth=3) == 204
+    assert next_valid_input_size(570) == 572
+    assert next_valid_input_size(572) == 572
+    assert next_valid_input_size(1) == 188
+    assert next_valid_input_size(201, depth=3) == 204
 
 
 def test_dynamic_model_predicts_on_several_valid_sizes():

@@ -17,7 +17,8 @@ import tifffile
 import unet_tf
 from unet_tf import cli
 from unet_tf.io import write_image
-from unet_tf.training import TrainConfig, load_model_folder
+from unet_tf.config import TrainConfig
+from unet_tf.model_folder import load_model_folder
 
 EXPORT_KIT = Path(__file__).resolve().parent.parent / "export"
 
@@ -106,7 +107,7 @@ CLI_CASES = [
     ("tile too big for memory", train_with(tile_size="4092", batch_size="64", depth="5",
                                            filters="64"), r"needs about .* GiB for training"),
     ("negative w0", train_with(w0="-1"), "w0 must be >= 0"),
-    ("zero sigma", train_with(sigma="0"), "sigma > 0"),
+    ("zero sigma", train_with(border_sigma="0"), "border_sigma > 0"),
     ("zero epochs", train_with(epochs="0"), "epochs must be >= 1"),
     ("zero batch", train_with(batch_size="0"), "batch_size must be >= 1"),
     ("val split out of range", train_with(val_split="1.5"), r"val_split must be in \[0, 1\)"),

@@ -5,7 +5,9 @@ import keras
 import numpy as np
 import pytest
 
-from unet_tf.training import TrainConfig, load_model_folder, split_images, train
+from unet_tf.config import TrainConfig
+from unet_tf.model_folder import load_model_folder
+from unet_tf.training import split_images, train
 
 
 def tiny_config(out, **changes):

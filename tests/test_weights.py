@@ -3,7 +3,7 @@ import warnings
 import numpy as np
 import pytest
 
-from unet_tf.weights import class_weight_map, weight_map, weight_map_reference
+from unet_tf.weightmaps import class_weight_map, weight_map, weight_map_reference
 
 
 def touching_cells(seed, size=96, cells=25):

@@ -1,47 +1,40 @@
 """unet-tf: the U-Net of Ronneberger et al. (2015) for TensorFlow/Keras 3.
 
-Names are imported on first use, so ``import unet_tf`` (and the CLI's argument checks) do not
-pay for importing TensorFlow.
+``import unet_tf`` registers the package's Keras layers, so a saved ``model.keras`` loads with
+plain ``keras.saving.load_model`` afterwards. The main entry points::
+
+    unet = unet_tf.UNet.from_folder("my-model")     # a trained model folder
+    labels = unet.segment(image)
+    unet_tf.train(unet_tf.TrainConfig(...))          # writes a model folder
+    model = unet_tf.build_unet()                     # the paper network, logits out
 """
 
-import importlib
+import os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-# public name -> module that defines it
-_EXPORTS = {
-    "build_unet": "model",
-    "check_input_size": "model",
-    "crop_amounts": "model",
-    "input_size_for_output": "model",
-    "output_size": "model",
-    "size_rule": "model",
-    "valid_input_size": "model",
-    "normalize": "images",
-    "weighted_pixel_loss": "losses",
-    "weight_map": "weights",
-    "elastic_deform": "augment",
-    "Augmentation": "augment",
-    "make_dataset": "data",
-    "predict_tiled": "tiling",
-    "train": "training",
-    "TrainConfig": "training",
-    "load_model_folder": "training",
-    "run_demo": "demo",
-}
-_SUBMODULES = ("augment", "cli", "data", "datasets", "demo", "images", "io", "losses", "metrics",
-               "model", "postprocess", "tiling", "training", "weights")
+# TensorFlow's C++ start-up lines (CPU feature notes, oneDNN) are INFO/WARNING noise for our
+# users and would break the CLI's one-line error rule; an explicit setting is kept.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+from . import layers  # noqa: E402  (registers InputSizeCheck and NearestUpsample2x with Keras)
+from .augment import Augmentation, elastic_deform  # noqa: E402
+from .config import PRESETS, TrainConfig  # noqa: E402
+from .data import make_dataset  # noqa: E402
+from .exporters import export_model  # noqa: E402
+from .images import normalize  # noqa: E402
+from .losses import weighted_pixel_loss  # noqa: E402
+from .model import build_unet  # noqa: E402
+from .model_folder import load_model_folder  # noqa: E402
+from .sizes import (check_input_size, crop_amounts, input_size_for_output,  # noqa: E402
+                    next_valid_input_size, output_size, size_rule)
+from .tiling import predict_tiled  # noqa: E402
+from .training import train  # noqa: E402
+from .unet import UNet  # noqa: E402
+from .weightmaps import weight_map  # noqa: E402
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'unet_tf' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__ = ["Augmentation", "PRESETS", "TrainConfig", "UNet", "build_unet", "check_input_size",
+           "crop_amounts", "elastic_deform", "export_model", "input_size_for_output", "layers",
+           "load_model_folder", "make_dataset", "next_valid_input_size", "normalize",
+           "output_size", "predict_tiled", "size_rule", "train", "weight_map",
+           "weighted_pixel_loss"]

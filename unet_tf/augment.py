@@ -131,7 +131,7 @@ class Augmentation:
     """Which augmentations the training pipeline applies, and how strongly."""
     elastic: bool = True
     grid: int = 3
-    sigma: float = 10.0
+    elastic_sigma: float = 10.0   # std of the displacement vectors, pixels
     flip_rotate: bool = True
     intensity: bool = True
     brightness: float = 0.1
@@ -140,15 +140,15 @@ class Augmentation:
 
     def margin(self):
         """Extra context (pixels per side) to deform so that tile borders see real image."""
-        return int(np.ceil(3 * self.sigma)) if self.elastic else 0
+        return int(np.ceil(3 * self.elastic_sigma)) if self.elastic else 0
 
     def apply(self, image, labels, weights, rng):
         """Augment a ``YXC`` float image with its ``YX`` labels and weights (same size)."""
         if self.flip_rotate:
             image, labels, weights = flip_rotate((image, labels, weights), rng)
-        if self.elastic and self.sigma > 0:
+        if self.elastic and self.elastic_sigma > 0:
             image, labels, weights = elastic_deform(image, labels, weights, grid=self.grid,
-                                                    sigma=self.sigma, rng=rng)
+                                                    sigma=self.elastic_sigma, rng=rng)
         if self.intensity:
             image = vary_intensity(image, rng, self.brightness, self.contrast, self.gamma)
         return image, labels, weights

@@ -13,7 +13,28 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from .config import LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, TrainConfig
+from .exporters import FORMATS as EXPORT_FORMATS
+from .sizes import UPSAMPLING_MODES
+
 PROG = "unet-tf"
+COMMANDS = ("demo", "train", "predict", "evaluate", "export", "check-edgetpu", "sizes", "summary")
+DEFAULTS = TrainConfig()  # the CLI's defaults are the config's: one place for each
+
+
+def _progress_verbosity(quiet):
+    """Keras verbosity: bars on a terminal, one plain line per epoch in a log file (no
+    backspaces or escape codes for nohup, Slurm or CI logs), nothing with --quiet."""
+    if quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _progress_bar(total, quiet):
+    """A tile counter for long predictions, or ``None`` with --quiet."""
+    import keras
+    verbose = _progress_verbosity(quiet)
+    return keras.utils.Progbar(total, unit_name="tile", verbose=verbose) if verbose else None
 
 
 def _formatter(prog):
@@ -31,7 +52,7 @@ def _add(subparsers, name, help, examples, func):
 # --------------------------------------------------------------------------- sizes
 
 def _cmd_sizes(args):
-    from .model import is_valid_input_size, output_size, size_rule, valid_input_size
+    from .sizes import is_valid_input_size, next_valid_input_size, output_size, size_rule
     smallest, step, shrink = size_rule(args.depth, args.upsampling)
     print(f"depth {args.depth}, {args.upsampling}: valid inputs are {smallest} + k*{step}, "
           f"output = input - {shrink}")
@@ -39,7 +60,7 @@ def _cmd_sizes(args):
         if is_valid_input_size(size, args.depth, args.upsampling):
             print(f"{size}: valid, output {output_size(size, args.depth, args.upsampling)}")
         else:
-            nearest = valid_input_size(size, args.depth, args.upsampling)
+            nearest = next_valid_input_size(size, args.depth, args.upsampling)
             print(f"{size}: not valid, next valid input {nearest} "
                   f"(output {output_size(nearest, args.depth, args.upsampling)})")
 
@@ -54,10 +75,12 @@ def _add_sizes(subparsers):
 
 
 def _add_architecture_args(p, defaults=True):
-    p.add_argument("--depth", type=int, default=5 if defaults else None,
-                   help="resolution levels (default 5, the paper; edge preset 4)")
-    p.add_argument("--upsampling", choices=("transpose", "resize_conv"),
-                   default="transpose" if defaults else None,
+    paper = PRESETS["paper"]
+    p.add_argument("--depth", type=int, default=paper["depth"] if defaults else None,
+                   help=f"resolution levels (paper {paper['depth']}, edge preset "
+                   f"{PRESETS['edge']['depth']})")
+    p.add_argument("--upsampling", choices=UPSAMPLING_MODES,
+                   default=paper["upsampling"] if defaults else None,
                    help="up-conv (paper) or nearest resize + conv (edge friendly)")
 
 
@@ -76,29 +99,39 @@ def _add_summary(subparsers):
         unet-tf summary --filters 16 --tile-size 252
         """, _cmd_summary)
     _add_architecture_args(p)
-    p.add_argument("--filters", type=int, default=64, help="channels of the first level (default 64)")
-    p.add_argument("--tile-size", type=int, default=572, help="input tile size (default 572)")
+    p.add_argument("--filters", type=int, default=PRESETS["paper"]["filters"],
+                   help="channels of the first level (default %(default)s)")
+    p.add_argument("--tile-size", type=int, default=PRESETS["paper"]["tile_size"],
+                   help="input tile size (default %(default)s)")
     p.add_argument("--channels", type=int, default=1, help="image channels (default 1)")
     p.add_argument("--classes", type=int, default=2, help="output classes (default 2)")
 
 
 # --------------------------------------------------------------------------- train
 
+# CLI option -> TrainConfig field, for the options given explicitly (they beat the preset)
+TRAIN_OPTIONS = {"tile_size": "tile_size", "depth": "depth", "filters": "filters",
+                 "upsampling": "upsampling", "epochs": "epochs",
+                 "steps_per_epoch": "steps_per_epoch", "batch_size": "batch_size",
+                 "optimizer": "optimizer", "lr": "learning_rate", "lr_schedule": "lr_schedule",
+                 "val_split": "val_split", "w0": "w0", "border_sigma": "border_sigma",
+                 "elastic_sigma": "elastic_sigma", "early_stopping": "early_stopping",
+                 "strategy": "strategy", "seed": "seed"}
+
+
 def _cmd_train(args):
-    from .training import TrainConfig, train
-    architecture = {name: getattr(args, name) for name in ("tile_size", "depth", "filters",
-                                                           "upsampling")
-                    if getattr(args, name) is not None}   # given explicitly: beats the preset
-    config = TrainConfig.from_preset(
-        args.preset, **architecture,
-        out=args.out, images=args.images, masks=args.masks, epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-        optimizer=args.optimizer, learning_rate=args.lr, lr_schedule=args.lr_schedule,
-        val_split=args.val_split, w0=args.w0,
-        sigma=args.sigma, augment=not args.no_augment, weight_map=not args.no_weight_map,
-        early_stopping=args.early_stopping, strategy=args.strategy,
-        mixed_precision=args.mixed_precision, seed=args.seed)
-    train(config, overwrite=args.overwrite, verbose=0 if args.quiet else "auto")
+    from .training import train
+    given = {field: getattr(args, option) for option, field in TRAIN_OPTIONS.items()
+             if getattr(args, option) is not None}
+    if args.no_augment:
+        given["augment"] = False
+    if args.no_weight_map:
+        given["weight_map"] = False
+    if args.mixed_precision:
+        given["mixed_precision"] = True
+    config = TrainConfig.from_preset(args.preset, out=args.out, images=args.images,
+                                     masks=args.masks, **given)
+    train(config, overwrite=args.overwrite, verbose=_progress_verbosity(args.quiet))
     if (Path(args.out) / "model.keras").exists():
         print(f"model folder: {args.out}")
     else:  # a multi-worker run's other workers
@@ -113,42 +146,50 @@ def _add_train(subparsers):
         unet-tf train --images data/images --masks data/masks --out edge-model --preset edge
         # killed? the same command resumes from the last completed epoch
         """, _cmd_train)
+    d, paper, edge = DEFAULTS, PRESETS["paper"], PRESETS["edge"]
     p.add_argument("--images", required=True, help="folder of images (TIFF/PNG, 8/16-bit, stacks)")
     p.add_argument("--masks", required=True,
                    help="folder of masks with the images' file names (instance or 0/255)")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--preset", choices=("paper", "edge"), default="paper",
-                   help="architecture and tile: paper (depth 5, 64 filters, up-conv, 572) or "
-                   "edge (depth 4, 32 filters, resize_conv, 252: int8 / Edge TPU ready); "
-                   "the options below override it")
-    p.add_argument("--tile-size", type=int, help="input tile, a valid size (preset: 572 / 252)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                   help=f"architecture and tile: paper (depth {paper['depth']}, {paper['filters']} "
+                   f"filters, up-conv, {paper['tile_size']}) or edge (depth {edge['depth']}, "
+                   f"{edge['filters']} filters, resize_conv, {edge['tile_size']}: int8 / Edge TPU "
+                   "ready); the options below override it")
+    p.add_argument("--tile-size", type=int, help="input tile, a valid size (preset: "
+                   f"{paper['tile_size']} / {edge['tile_size']})")
     _add_architecture_args(p, defaults=False)
-    p.add_argument("--filters", type=int, help="channels of the first level (preset: 64 / 32)")
-    p.add_argument("--epochs", type=int, default=50, help="epochs (50)")
-    p.add_argument("--steps-per-epoch", type=int, default=100, help="batches per epoch (100)")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="tiles per batch and replica (1, as the paper)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
-                   help="SGD with momentum 0.99 (paper) or Adam")
-    p.add_argument("--lr", type=float, default=0.01, help="learning rate (0.01)")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                   help="constant (paper) or cosine decay to 0 over the run")
-    p.add_argument("--val-split", type=float, default=0.2,
-                   help="fraction of whole images held out for validation (0.2)")
-    p.add_argument("--w0", type=float, default=10.0, help="weight map border weight (10)")
-    p.add_argument("--sigma", type=float, default=5.0, help="weight map border width, px (5)")
+    p.add_argument("--filters", type=int,
+                   help=f"channels of the first level (preset: {paper['filters']} / {edge['filters']})")
+    p.add_argument("--epochs", type=int, help=f"epochs ({d.epochs})")
+    p.add_argument("--steps-per-epoch", type=int, help=f"batches per epoch ({d.steps_per_epoch})")
+    p.add_argument("--batch-size", type=int,
+                   help=f"tiles per batch and replica ({d.batch_size}, as the paper)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help=f"SGD with momentum {d.momentum} (paper) or Adam ({d.optimizer})")
+    p.add_argument("--lr", type=float, help=f"learning rate ({d.learning_rate})")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help=f"constant (paper) or cosine decay to 0 over the run ({d.lr_schedule})")
+    p.add_argument("--val-split", type=float,
+                   help=f"fraction of whole images held out for validation ({d.val_split})")
+    p.add_argument("--w0", type=float, help=f"weight map border weight ({d.w0})")
+    p.add_argument("--border-sigma", type=float,
+                   help=f"weight map border width, the paper's sigma, px ({d.border_sigma})")
+    p.add_argument("--elastic-sigma", type=float,
+                   help=f"elastic deformation: displacement std, px ({d.elastic_sigma})")
     p.add_argument("--no-augment", action="store_true", help="no elastic/flip/intensity augmentation")
     p.add_argument("--no-weight-map", action="store_true", help="uniform pixel weights")
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE "
                    "epochs without improvement")
-    p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
-                   help="one device; mirrored: all GPUs of this host (Keras fit); multiworker: "
-                   "hosts listed in TF_CONFIG (custom loop). --batch-size is per replica")
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help="default: one device; mirrored: all GPUs of this host (Keras fit); "
+                   "multiworker: hosts listed in TF_CONFIG (custom loop). --batch-size is per "
+                   "replica")
     p.add_argument("--mixed-precision", action="store_true",
                    help="mixed_float16 compute on GPUs (logits and loss stay float32)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--seed", type=int, help=f"random seed ({d.seed})")
     p.add_argument("--overwrite", action="store_true", help="replace a finished model folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 # --------------------------------------------------------------------------- predict
@@ -160,10 +201,8 @@ def _output_path(out_dir, source):
 
 def _cmd_predict(args):
     from .io import IMAGE_SUFFIXES, check_writable, list_images, read_frames, write_image
-    from .postprocess import label_image, overlay
-    from .tiling import predict_tiled, tile_count
-    from .training import load_model_folder
-    import keras
+    from .postprocess import overlay
+    from .unet import UNet
     import numpy as np
 
     inputs = []
@@ -189,19 +228,14 @@ def _cmd_predict(args):
         if labels in planned:
             raise ValueError(f"{source} and {planned[labels]} would both write {labels}")
         planned[labels] = source
-    model, config = load_model_folder(args.model)
+    unet = UNet.from_folder(args.model)
     for labels_path, source in planned.items():
         frames = read_frames(source)
-        tile_size = args.tile_size or config["tile_size"]
-        architecture = config["architecture"]
-        tiles = sum(tile_count(f.shape, tile_size, architecture["depth"],
-                               architecture["upsampling"]) for f in frames)
-        bar = None if args.quiet else keras.utils.Progbar(tiles, unit_name="tile")  # one per stack
-        results = [predict_tiled(model, frame, tile_size=tile_size, batch_size=args.batch_size,
-                                 output="probabilities", progress=bar or False,
-                                 normalization=config["normalization"])
-                   for frame in frames]
-        masks = [label_image(r.argmax(-1), config["architecture"]["num_classes"]) for r in results]
+        tiles = sum(unet.tile_count(f.shape, args.tile_size) for f in frames)
+        bar = _progress_bar(tiles, args.quiet)  # one bar for all frames of a stack
+        options = dict(tile_size=args.tile_size, batch_size=args.batch_size, progress=bar or False)
+        results = [unet.predict(frame, **options) for frame in frames]
+        masks = [unet.postprocess(r) for r in results]
         stack = lambda arrays: arrays[0] if len(arrays) == 1 else np.stack(arrays)
         write_image(labels_path, stack(masks), overwrite=args.overwrite)
         write_image(labels_path.with_name(f"{source.stem}_overlay.png"),
@@ -231,44 +265,19 @@ def _add_predict(subparsers):
 
 # --------------------------------------------------------------------------- evaluate
 
-def _metric_table(rows):
-    columns = ("foreground_iou", "pixel_error", "rand_error", "f1", "ap50", "mean_ap", "merged",
-               "split")
-    width = max(len(name) for name in [*rows, "mean"]) + 2
-    lines = ["image".ljust(width) + "".join(c.rjust(15) for c in columns)]
-    mean = {c: sum(r[c] for r in rows.values()) / len(rows) for c in columns}
-    for name, row in [*rows.items(), ("mean", mean)]:
-        lines.append(name.ljust(width) + "".join(
-            (f"{row[c]:15.4f}" if isinstance(row[c], float) else f"{row[c]:15d}") for c in columns))
-    return "\n".join(lines), mean
-
-
-def evaluate_folder(model, config, images, masks, names, progress=False):
-    """Metrics per image (dict name -> metrics) of a model on image/mask pairs."""
-    from .metrics import evaluate
-    from .tiling import predict_tiled
-    rows = {}
-    for name, image, mask in zip(names, images, masks):
-        labels = predict_tiled(model, image, tile_size=config["tile_size"], output="labels",
-                               progress=progress, normalization=config["normalization"])
-        rows[name] = evaluate(mask, labels)
-    return rows
-
-
 def _cmd_evaluate(args):
     import json
-    from .io import load_pairs
-    from .training import load_model_folder
+    from .io import check_writable, load_pairs, write_atomically
+    from .metrics import metrics_table
+    from .unet import UNet
     images, masks, names = load_pairs(args.images, args.masks)
     if args.json:
-        from .io import check_writable
         check_writable(Path(args.json).parent, "--json folder")
-    model, config = load_model_folder(args.model)
-    rows = evaluate_folder(model, config, images, masks, names, progress=not args.quiet)
-    table, mean = _metric_table(rows)
+    unet = UNet.from_folder(args.model)
+    rows = unet.evaluate(images, masks, names, progress=_progress_verbosity(args.quiet) == 1)
+    table, mean = metrics_table(rows)
     print(table)
     if args.json:
-        from .io import write_atomically
         write_atomically(args.json, lambda tmp: Path(tmp).write_text(
             json.dumps({"images": rows, "mean": mean}, indent=2)))
         print(f"metrics: {args.json}")
@@ -290,7 +299,8 @@ def _add_evaluate(subparsers):
 
 def _cmd_export(args):
     import json
-    from .convert import export_edgetpu, export_model
+    from .exporters import export_model
+    from .exporters.edgetpu import export_edgetpu
     quiet = _native_stderr_captured() if not args.debug else contextlib.nullcontext()
     if args.format == "edgetpu":
         with quiet:
@@ -328,7 +338,7 @@ def _report_edgetpu(path, report, compiled=None, compiler_log=None):
 
 
 def _cmd_check_edgetpu(args):
-    from .edgetpu import check_tflite
+    from .exporters.edgetpu import check_tflite
     _report_edgetpu(args.tflite, check_tflite(args.tflite))
 
 
@@ -353,8 +363,7 @@ def _add_export(subparsers):
         """, _cmd_export)
     p.add_argument("model", help="model folder written by `unet-tf train`")
     p.add_argument("--format", required=True,
-                   choices=("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "edgetpu",
-                            "onnx", "bioimageio"),
+                   choices=EXPORT_FORMATS,
                    help="SavedModel (any size, dynamic batch), a TFLite tile model, or the int8 "
                    "one checked (and compiled, if edgetpu_compiler is installed) for the Edge TPU")
     p.add_argument("--tile-size", type=int, help="TFLite input tile (default: the training tile)")
@@ -403,12 +412,11 @@ def _native_stderr_captured():
             os.close(saved)
 
 
-def _import_tensorflow_quietly():
-    """TF_CPP_MIN_LOG_LEVEL does not silence TF 2.21's oneDNN/absl start-up lines, nor, with a
-    CUDA build on a machine without a GPU, the cuInit error of the first device lookup: both
-    happen here, with stderr captured."""
+def _discover_devices_quietly():
+    """With a CUDA build of TensorFlow on a machine without a GPU, the first device lookup
+    prints a cuInit error that TF_CPP_MIN_LOG_LEVEL does not silence: do it here, with stderr
+    captured (``import unet_tf`` already imported TensorFlow, quietly)."""
     with _native_stderr_captured():
-        import keras  # noqa: F401
         import tensorflow
         tensorflow.config.list_physical_devices()
 
@@ -419,19 +427,17 @@ def build_parser():
         description="U-Net segmentation for microscopy: train, predict, evaluate, export.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_demo, _add_train, _add_predict, _add_evaluate, _add_export,
-                _add_check_edgetpu, _add_sizes, _add_summary):
-        add(subparsers)
+    for name in COMMANDS:
+        globals()[f"_add_{name.replace('-', '_')}"](subparsers)
     return parser
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
     # tifffile logs a warning before it fails on a corrupt file; our error says it in one line.
     logging.getLogger("tifffile").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     if not args.debug:
-        _import_tensorflow_quietly()
+        _discover_devices_quietly()
     try:
         args.func(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError,

@@ -15,8 +15,8 @@ import tensorflow as tf
 
 from .augment import Augmentation
 from .images import NORMALIZATION, check_image, crop_reflect, normalize_with
-from .model import output_size
-from .weights import as_instances, check_mask, weight_map as compute_weight_map
+from .sizes import output_size
+from .weightmaps import as_instances, check_mask, weight_map as compute_weight_map
 
 
 def class_labels(mask, num_classes=2, name="mask"):
@@ -39,7 +39,8 @@ class _Prepared:
     weights: np.ndarray  # YX float32
 
 
-def _prepare(images, masks, num_classes, weight_map, w0, sigma, class_weights, normalization):
+def _prepare(images, masks, num_classes, weight_map, w0, border_sigma, class_weights,
+             normalization):
     if len(images) != len(masks):
         raise ValueError(f"got {len(images)} images but {len(masks)} masks")
     if not len(images):
@@ -57,7 +58,8 @@ def _prepare(images, masks, num_classes, weight_map, w0, sigma, class_weights, n
         labels = class_labels(mask, num_classes, f"mask {i}")
         if weight_map:
             weights = compute_weight_map(as_instances(mask, f"mask {i}") if num_classes == 2
-                                         else as_instances(labels > 0), w0, sigma, class_weights)
+                                         else as_instances(labels > 0), w0, border_sigma,
+                                         class_weights)
         else:
             weights = np.ones(mask.shape, np.float32)
         prepared.append(_Prepared(normalize_with(image, normalization), labels, weights))
@@ -83,7 +85,7 @@ def _center(array, size):
     return array[start:start + size, start:start + size]
 
 
-def grid_tiles(shape, out):
+def validation_windows(shape, out):
     """Top-left corners of the output windows that cover a ``YX`` shape (last ones flush)."""
     def starts(n):
         if n <= out:
@@ -93,7 +95,7 @@ def grid_tiles(shape, out):
 
 
 def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=True,
-                 weight_map=True, w0=10.0, sigma=5.0, shuffle=True, seed=None, repeat=None,
+                 weight_map=True, w0=10.0, border_sigma=5.0, shuffle=True, seed=None, repeat=None,
                  num_parallel_calls=tf.data.AUTOTUNE, validation=False, num_classes=2,
                  upsampling="transpose", class_weights="balanced", normalization=NORMALIZATION):
     """A ``tf.data.Dataset`` of ``(x, y, w)`` batches for Keras ``fit``.
@@ -105,7 +107,8 @@ def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=Tr
         tile_size: input tile ``T`` (a valid size, e.g. 572); labels cover the centred output
             window ``O = output_size(T)``.
         augment: ``True`` (the paper's set), ``False``, or an :class:`Augmentation`.
-        weight_map: the paper's weight maps (``w0``, ``sigma``, ``class_weights``) as ``w``;
+        weight_map: the paper's weight maps (``w0``, ``border_sigma`` = the paper's sigma,
+            ``class_weights``) as ``w``;
             otherwise ``w`` is 1.
         shuffle: visit images in a random order each epoch (else in the given order).
         seed: makes the whole stream reproducible (tile positions, augmentation, order).
@@ -124,7 +127,7 @@ def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=Tr
     if augment is True:
         augment = Augmentation()
     augmentation = None if validation or not augment else augment
-    prepared = _prepare(images, masks, num_classes, weight_map, w0, sigma, class_weights,
+    prepared = _prepare(images, masks, num_classes, weight_map, w0, border_sigma, class_weights,
                         normalization)
     channels = prepared[0].image.shape[2]
     margin = (tile_size - out) // 2
@@ -132,7 +135,7 @@ def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=Tr
 
     if validation:
         tiles = [(i, top, left) for i, item in enumerate(prepared)
-                 for top, left in grid_tiles(item.labels.shape, out)]
+                 for top, left in validation_windows(item.labels.shape, out)]
 
         def sample(k):
             i, top, left = tiles[int(k)]

@@ -10,12 +10,12 @@ import json
 import time
 from pathlib import Path
 
-from .datasets import load_sample
+from .config import TrainConfig
 from .io import write_atomically, write_image
 from .metrics import evaluate
-from .postprocess import label_image, overlay
-from .tiling import predict_tiled
-from .training import TrainConfig, train
+from .postprocess import overlay
+from .samples import load_sample
+from .unet import UNet
 
 # Small enough for ~1.5 minutes of training on 2 CPU cores, large enough for IoU ~0.87.
 # One image only, so no validation split: the held-out quarter is the test. Without class
@@ -45,13 +45,11 @@ def run_demo(out="unet-tf-demo", epochs=None, overwrite=False, quiet=False):
     print(f"training a U-Net (depth {config.depth}, {config.filters} filters, tile "
           f"{config.tile_size}) on {image.shape[0]}x{TRAIN_COLUMNS} pixels of the sample "
           f"for {config.epochs} epochs ...", flush=True)
-    model = train(config, overwrite=True, verbose=0 if quiet else 2)
+    unet = UNet.train(config, overwrite=True, verbose=0 if quiet else 2)
     trained = time.perf_counter()
 
     test_image, test_mask = image[:, TRAIN_COLUMNS:], instances[:, TRAIN_COLUMNS:]
-    labels = predict_tiled(model, test_image, tile_size=config.tile_size, output="labels",
-                           normalization=config.normalization)
-    predicted = label_image(labels)
+    predicted = unet.segment(test_image)
     predictions = out / "predictions"
     write_image(predictions / "nuclei.tif", predicted, overwrite=True)
     write_image(predictions / "nuclei_overlay.png", overlay(test_image, predicted), overwrite=True)

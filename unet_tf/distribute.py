@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multiworker")
+from .config import STRATEGIES
 
 
 def check_tf_config():

@@ -108,13 +108,40 @@ def check_writable(folder, what="output folder"):
         raise PermissionError(f"{what} {folder} is not writable ({existing} does not allow it)")
 
 
+def umask():
+    """The process's umask, read without changing it where the OS tells (Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path):
+    """Give ``path`` the mode a plain ``open()``/``mkdir()`` would (0644/0755 under umask
+    022): ``mkstemp``/``mkdtemp`` create private 0600/0700 entries, which a TF Serving container
+    running as another user, or a lab-mate on a shared server, could not read."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
+
+
 def write_atomically(path, write):
-    """Call ``write(temporary_path)``, then rename it to ``path``: never a half-written file."""
+    """Call ``write(temporary_path)``, then rename it to ``path``: never a half-written file.
+
+    ``write`` may create a file or a folder at the temporary path; either gets the permissions
+    the umask gives new files and folders.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -10,7 +10,7 @@ two-class U-Net are turned into instances by connected components
 import numpy as np
 from scipy import ndimage as ndi
 
-from .weights import as_instances
+from .weightmaps import as_instances
 
 THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
 
@@ -145,3 +145,19 @@ def evaluate(truth, prediction):
         **{k: matching[k] for k in ("precision", "recall", "f1", "ap50", "mean_ap", "merged",
                                     "split", "true", "predicted")},
     }
+
+
+TABLE_COLUMNS = ("foreground_iou", "pixel_error", "rand_error", "f1", "ap50", "mean_ap", "merged",
+                 "split")
+
+
+def metrics_table(rows, columns=TABLE_COLUMNS):
+    """``(text, mean)``: a fixed-width table of per-image metrics (``{name: evaluate(...)}``)
+    with a last row of means, and the means as a dict."""
+    width = max(len(name) for name in [*rows, "mean"]) + 2
+    lines = ["image".ljust(width) + "".join(c.rjust(15) for c in columns)]
+    mean = {c: sum(r[c] for r in rows.values()) / len(rows) for c in columns}
+    for name, row in [*rows.items(), ("mean", mean)]:
+        lines.append(name.ljust(width) + "".join(
+            (f"{row[c]:15.4f}" if isinstance(row[c], float) else f"{row[c]:15d}") for c in columns))
+    return "\n".join(lines), mean

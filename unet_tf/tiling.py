@@ -1,4 +1,4 @@
-"""Overlap-tile prediction (paper Fig. 2) for images of any size.
+"""Overlap-tile prediction (paper Fig. 2) of a Keras U-Net, for images of any size.
 
 The output is cut into windows; each is predicted from an input tile of size ``T`` around it,
 whose context beyond the image border is mirrored. With valid convolutions an output pixel
@@ -7,6 +7,7 @@ shift-equivariant only for shifts by the pooling period ``2**(depth-1)``. The wi
 start on multiples of that period (the stride is the output size ``O`` rounded down to it, e.g.
 388 -> 384 for the paper's 572 tile; tiles overlap by the remainder, which is dropped). Then the
 result equals one forward pass over the whole mirror-padded image, exactly: no seams, no blending.
+The geometry itself lives in :mod:`unet_tf.overlap_tile`, shared with the TensorFlow-free kit.
 """
 
 import weakref
@@ -15,10 +16,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .images import NORMALIZATION, apply_range, check_image, crop_reflect, range_for
+from . import overlap_tile
+from .images import NORMALIZATION, check_image
+from .layers import InputSizeCheck
 from .memory import check_fits
-from .model import (InputSizeCheck, input_size_for_output, output_size, size_rule,
-                    valid_input_size)
+from .sizes import input_size_for_output, next_valid_input_size, output_size, size_rule
 
 OUTPUTS = ("probabilities", "logits", "labels")
 
@@ -41,7 +43,7 @@ def _filters(model):
 def default_tile_size(depth, upsampling, image_shape, target=572):
     """The tile to use when none is given: ``target`` or, for small images, just enough."""
     needed = input_size_for_output(max(image_shape[:2]), depth, upsampling)
-    return min(valid_input_size(target, depth, upsampling), needed)
+    return min(next_valid_input_size(target, depth, upsampling), needed)
 
 
 def tile_stride(tile_size, depth=5, upsampling="transpose"):
@@ -76,14 +78,13 @@ _FORWARD = weakref.WeakKeyDictionary()
 
 
 def tile_grid(image_shape, tile_size, depth=5, upsampling="transpose"):
-    """``(stride, corners)``: the output windows of a ``YX[C]`` image, top-left corners on a
-    regular grid (the last ones overhang). One tile that covers the image is exact whatever its
-    size; a grid needs windows aligned to the pooling period."""
+    """``(stride, corners)``: the output windows of a ``YX[C]`` image (see
+    :func:`unet_tf.overlap_tile.tile_grid`); a tile too small to line up is refused by name."""
     height, width = image_shape[:2]
     out = output_size(tile_size, depth, upsampling)
-    stride = out if max(height, width) <= out else tile_stride(tile_size, depth, upsampling)
-    return stride, [(top, left) for top in range(0, height, stride)
-                    for left in range(0, width, stride)]
+    if max(height, width) > out:
+        tile_stride(tile_size, depth, upsampling)  # the error that names a tile that works
+    return overlap_tile.tile_grid(height, width, out, size_rule(depth, upsampling)[1])
 
 
 def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilities",
@@ -116,31 +117,15 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
         tile_size = static or default_tile_size(depth, upsampling, image.shape)
     elif static is not None and tile_size != static:
         raise ValueError(f"this model takes {static}x{static} tiles only, got tile_size={tile_size}")
-    out = output_size(tile_size, depth, upsampling)
-    margin = (tile_size - out) // 2
-    height, width = image.shape[:2]
-    stride, corners = tile_grid(image.shape, tile_size, depth, upsampling)
+    corners = tile_grid(image.shape, tile_size, depth, upsampling)[1]
     check_fits(tile_size, min(batch_size, len(corners)), False, depth, _filters(model), upsampling,
                channels, model.output_shape[-1])
-    lo, hi = range_for(image, normalization) if normalization else (0.0, 1.0)
-
-    classes = model.output_shape[-1]
-    result = (np.zeros((height, width), np.int32) if output == "labels"
-              else np.zeros((height, width, classes), np.float32))
     bar = progress if isinstance(progress, keras.utils.Progbar) else (
         keras.utils.Progbar(len(corners), unit_name="tile") if progress else None)
-    for start in range(0, len(corners), batch_size):
-        batch = corners[start:start + batch_size]
-        tiles = np.stack([apply_range(crop_reflect(image, top - margin, left - margin,
-                                                   tile_size, tile_size), lo, hi)
-                          for top, left in batch])
-        predicted = np.asarray(forward(model, output)(tiles))
-        for (top, left), tile in zip(batch, predicted):
-            h, w = min(stride, height - top), min(stride, width - left)
-            result[top:top + h, left:left + w] = tile[:h, :w]
-        if bar:
-            bar.add(len(batch))
-    return result
+    return overlap_tile.predict_tiled(
+        image, forward(model, output), tile_size, output_size(tile_size, depth, upsampling),
+        size_rule(depth, upsampling)[1], normalization, batch_size,
+        on_batch=bar.add if bar else None)
 
 
 def tile_count(image_shape, tile_size, depth=5, upsampling="transpose"):

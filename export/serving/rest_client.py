@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from overlap_tile import predict_tiled  # noqa: E402
+from overlap_tile import as_yxc_with, predict_tiled  # noqa: E402
 from edge_predict import instance_labels, read_image, write_labels  # noqa: E402
 
 PROG = "rest_client"
@@ -74,7 +74,10 @@ class ServingModel:
 
     def predict(self, image):
         """Class probabilities ``(H, W, K)`` for a whole ``YX``/``YXC`` image."""
-        return predict_tiled(image, self.predict_tiles, self.meta, self.batch_size)
+        meta = self.meta
+        image = as_yxc_with(image, meta["channels"])
+        return predict_tiled(image, self.predict_tiles, meta["tile_size"], meta["output_size"],
+                             meta["pooling_period"], meta["normalization"], self.batch_size)
 
 
 def main(argv=None):

@@ -18,15 +18,24 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import __version__
-from .images import normalize_with
-from .model import NearestUpsample2x, InputSizeCheck, size_rule, valid_input_size
+from .. import __version__
+from ..images import normalize_with
+from ..io import check_writable, write_atomically, write_image
+from ..layers import InputSizeCheck, NearestUpsample2x
+from ..model_folder import load_model_folder, read_config
+from ..postprocess import label_image, overlay
+from ..samples import load_sample
+from ..sizes import next_valid_input_size, size_rule
+from .common import ONNX_OPSET, check_target, export_dir
+from .onnx import export_onnx, onnx_modules
+
+BIOIMAGEIO_FILE = "bioimageio.zip"
 
 UNET_PAPER = {"text": "Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical "
                       "Image Segmentation. MICCAI 2015", "doi": "10.1007/978-3-319-24574-4_28"}
 
 
-def _modules():
+def spec_module():
     # bioimageio.core sets KERAS_BACKEND process-wide (default torch) when it loads Keras
     # weights; these are TensorFlow weights, and our own subprocesses inherit the variable.
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -56,9 +65,8 @@ def plain_keras_copy(model):
 
 def _test_tensors(model, config):
     """A raw crop of the bundled sample at a valid size, and the model's probabilities for it."""
-    from .datasets import load_sample
     a = config["architecture"]
-    size = valid_input_size(256, a["depth"], a["upsampling"])
+    size = next_valid_input_size(256, a["depth"], a["upsampling"])
     image = load_sample()[0]
     raw = np.resize(image, (size, size)) if size > min(image.shape) else image[:size, :size]
     raw = np.repeat(raw[None, :, :, None].astype(np.float32), a["channels"], axis=-1)
@@ -67,8 +75,6 @@ def _test_tensors(model, config):
 
 
 def _cover(raw, probabilities, path):
-    from .io import write_image
-    from .postprocess import label_image, overlay
     labels = label_image(probabilities[0].argmax(-1), probabilities.shape[-1])
     margin = (raw.shape[1] - labels.shape[0]) // 2  # the output covers the input's centre
     centre = raw[0, margin:margin + labels.shape[0], margin:margin + labels.shape[1], 0]
@@ -77,8 +83,7 @@ def _cover(raw, probabilities, path):
 
 def export_bioimageio(model, config, path, onnx=True):
     """Write a bioimage.io model package (zip) to ``path``."""
-    spec = _modules()
-    from .convert import export_onnx
+    spec = spec_module()
     a = config["architecture"]
     smallest, step, shrink = size_rule(a["depth"], a["upsampling"])
     classes = config.get("class_names") or [f"class {i}" for i in range(a["num_classes"])]
@@ -94,7 +99,7 @@ def export_bioimageio(model, config, path, onnx=True):
                                 "backend": ["tensorflow", _tf_version()]}}
         if onnx:
             export_onnx(model, config, tmp / "model.onnx")
-            weights["onnx"] = {"source": "model.onnx", "opset_version": 17,
+            weights["onnx"] = {"source": "model.onnx", "opset_version": ONNX_OPSET,
                                "parent": "keras_v3"}
         (tmp / "README.md").write_text(_documentation(config, smallest, step, shrink))
         (tmp / "LICENSE").write_text("MIT License: weights trained with unet-tf; see the "
@@ -175,3 +180,18 @@ The package's test input is a crop of the DSB2018 nuclei image bundled with unet
 output is what the trained Keras model gives for it. Judge the model on your own data, e.g. with
 `unet-tf evaluate` (foreground IoU, pixel and Rand error, F1 of matched objects).
 """
+
+
+def export(model_dir, overwrite=False):
+    """Write ``MODEL_DIR/export/bioimageio.zip``; returns its path."""
+    config = read_config(model_dir)
+    folder = export_dir(model_dir)
+    check_writable(folder, "export folder")
+    target = folder / BIOIMAGEIO_FILE
+    check_target(target, overwrite)
+    onnx_modules()
+    spec_module()
+    model, _ = load_model_folder(model_dir)
+    folder.mkdir(exist_ok=True)
+    write_atomically(target, lambda tmp: export_bioimageio(model, config, tmp))
+    return target

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import tflite
+
 OPS_FILE = Path(__file__).with_name("edgetpu_ops.json")
 QUANTIZED = ("INT8", "UINT8")
 
@@ -174,3 +176,31 @@ def compile_model(tflite_path, out_dir):
     if result.returncode != 0:
         raise RuntimeError(f"edgetpu_compiler failed on {tflite_path}:\n{log}")
     return Path(out_dir) / f"{Path(tflite_path).stem}_edgetpu.tflite", log
+
+
+@dataclasses.dataclass
+class EdgeTPUExport:
+    model: Path        # the full-integer model that was checked
+    report: EdgeTPUReport
+    compiled: Path | None = None   # NAME_edgetpu.tflite, when edgetpu_compiler is on PATH
+    compiler_log: str | None = None
+
+
+def export_edgetpu(model_dir, tile_size=None, calibration_images=None, overwrite=False):
+    """The int8 TFLite export, checked op by op against the Edge TPU's requirements and,
+    when ``edgetpu_compiler`` is on PATH, compiled (``export/model_int8_edgetpu.tflite``).
+
+    An existing int8 export of the same tile size is checked as it is unless ``overwrite``.
+    """
+    target = tflite.tflite_path(model_dir, "int8")
+    sidecar = target.with_suffix(".json")
+    if target.exists() and sidecar.exists() and not overwrite:
+        exported = json.loads(sidecar.read_text())["tile_size"]
+        if tile_size not in (None, exported):
+            raise FileExistsError(f"{target} was exported with tile {exported}, not {tile_size} "
+                                  "(use --overwrite / overwrite=True to export it again)")
+    else:
+        tflite.export(model_dir, "int8", tile_size, calibration_images, overwrite)
+    report = check_tflite(target)
+    compiled = compile_model(target, target.parent)
+    return EdgeTPUExport(target, report, *(compiled or (None, None)))

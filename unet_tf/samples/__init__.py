@@ -12,7 +12,7 @@ def load_sample():
     many touching), from the 2018 Data Science Bowl via the ``stardist`` wheel (CC0 data,
     BSD-3 package). See ``unet_tf/samples/dsb2018/README.md``.
     """
-    folder = resources.files("unet_tf") / "samples" / "dsb2018"
+    folder = resources.files(__name__) / "dsb2018"
     with resources.as_file(folder / "image.tif") as path:
         image = tifffile.imread(path)
     with resources.as_file(folder / "mask.tif") as path:

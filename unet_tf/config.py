@@ -1,0 +1,139 @@
+"""What a training run is: :class:`TrainConfig`, its checks and its JSON form.
+
+Plain Python (no TensorFlow), so the CLI, the planner and a model folder's reader can use it
+without importing the training loop.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+
+from .images import NORMALIZATION
+from .sizes import output_size
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine")
+
+# Named architectures with their training tile. "edge" is for int8 accelerators such as the
+# Coral Edge TPU: resize + conv instead of stride-2 transposed convs (which often fail to map),
+# 2.1 M parameters (2.1 MB as int8, well inside the ~6 MiB on-chip budget; the paper net has 31 M),
+# and a 252 tile (150 output) so activations stay small.
+PRESETS = {
+    "paper": {"depth": 5, "filters": 64, "upsampling": "transpose", "tile_size": 572},
+    "edge": {"depth": 4, "filters": 32, "upsampling": "resize_conv", "tile_size": 252},
+}
+
+# Settings renamed since format_version 1 folders were first written: old name -> new name.
+RENAMED = {"sigma": "border_sigma"}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything ``train`` needs; round-trips through JSON (``to_json``/``from_json``).
+
+    Defaults follow the paper where it makes sense for a few images: SGD with momentum 0.99,
+    batch 1 of large tiles, weight maps (w0=10, sigma=5) and elastic deformation on.
+    """
+    out: str = "model"
+    images: str | None = None         # folder of images (CLI); the API may pass arrays instead
+    masks: str | None = None
+    tile_size: int = 572
+    depth: int = 5
+    filters: int = 64
+    upsampling: str = "transpose"
+    dropout: float = 0.5
+    num_classes: int = 2
+    class_names: list = dataclasses.field(default_factory=lambda: ["background", "foreground"])
+    epochs: int = 50
+    steps_per_epoch: int = 100
+    batch_size: int = 1
+    optimizer: str = "sgd"            # "sgd" (momentum) or "adam"
+    learning_rate: float = 0.01
+    lr_schedule: str = "constant"     # or "cosine": decay to 0 over all steps (steadier end)
+    momentum: float = 0.99
+    weight_map: bool = True
+    w0: float = 10.0
+    border_sigma: float = 5.0         # weight-map border width (the paper's sigma), pixels
+    class_weights: str | list | None = "balanced"  # w_c: "balanced", [w_bg, w_fg] or None (1)
+    augment: bool = True
+    elastic_sigma: float = 10.0       # std of the elastic displacement vectors, pixels
+    val_split: float = 0.2            # fraction of whole images held out for validation
+    early_stopping: int | None = None # patience in epochs; None: off
+    strategy: str = "default"         # "default", "mirrored" (GPUs of one host), "multiworker"
+    mixed_precision: bool = False     # mixed_float16 compute (GPUs); logits and loss in float32
+    seed: int = 0
+    normalization: dict = dataclasses.field(default_factory=lambda: dict(NORMALIZATION))
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_preset(cls, name, **settings):
+        """A config with a named architecture (``"paper"`` or ``"edge"``, see
+        :data:`PRESETS`); other ``settings`` override it."""
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+        return cls(**{**PRESETS[name], **settings})
+
+    @classmethod
+    def from_json(cls, text):
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, values):
+        values = {RENAMED.get(name, name): value for name, value in values.items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def validate(self):
+        """Raise ``ValueError``/``TypeError`` naming the first setting that cannot work."""
+        integer = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+        number = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+        for name in ("tile_size", "depth", "filters", "num_classes", "epochs", "steps_per_epoch",
+                     "batch_size", "seed"):
+            if not integer(getattr(self, name)):
+                raise TypeError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name in ("dropout", "learning_rate", "momentum", "w0", "border_sigma", "elastic_sigma",
+                     "val_split"):
+            if not number(getattr(self, name)) or not np.isfinite(getattr(self, name)):
+                raise TypeError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+        output_size(self.tile_size, self.depth, self.upsampling)
+        norm = self.normalization
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.steps_per_epoch >= 1, f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.filters >= 1, f"filters must be >= 1, got {self.filters}"),
+            (self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}"),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (0 <= self.val_split < 1, f"val_split must be in [0, 1), got {self.val_split}"),
+            (self.optimizer in OPTIMIZERS,
+             f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
+            (self.strategy in STRATEGIES,
+             f"strategy must be one of {STRATEGIES}, got {self.strategy!r}"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"),
+            (self.w0 >= 0 and self.border_sigma > 0,
+             f"w0 must be >= 0 and border_sigma > 0, got w0={self.w0}, "
+             f"border_sigma={self.border_sigma}"),
+            (self.elastic_sigma >= 0, f"elastic_sigma must be >= 0, got {self.elastic_sigma}"),
+            (self.early_stopping is None or (integer(self.early_stopping)
+                                             and self.early_stopping >= 1),
+             f"early_stopping must be None or a patience >= 1, got {self.early_stopping!r}"),
+            (len(self.class_names) == self.num_classes,
+             f"class_names must name {self.num_classes} classes, got {self.class_names}"),
+            (isinstance(norm, dict) and norm.get("method") == "percentile"
+             and 0 <= norm.get("low", -1) < norm.get("high", -1) <= 100,
+             f"normalization must be {{'method': 'percentile', 'low': L, 'high': H}} with "
+             f"0 <= L < H <= 100, got {norm!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)

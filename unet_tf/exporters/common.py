@@ -1,0 +1,51 @@
+"""What every export format shares: where exports go, constants, and atomic replacement.
+
+Each artefact lands in ``MODEL_DIR/export/``, written to a temporary sibling and renamed into
+place, so a failed or killed export leaves the previous one untouched.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..io import apply_umask
+from ..model_folder import EXPORT_DIR
+
+ONNX_OPSET = 17          # what deepImageJ's ONNX runtime reads
+CALIBRATION_TILES = 64   # representative tiles for int8 calibration
+CHECK_TILES = 4          # tiles on which an export is compared with the Keras model
+
+__all__ = ["EXPORT_DIR", "ONNX_OPSET", "CALIBRATION_TILES", "CHECK_TILES", "export_dir",
+           "check_target", "replace_path", "temporary_folder"]
+
+
+def export_dir(model_dir):
+    """``MODEL_DIR/export``."""
+    return Path(model_dir) / EXPORT_DIR
+
+
+def check_target(path, overwrite):
+    """Refuse to replace an earlier export unless ``overwrite``."""
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (use --overwrite / overwrite=True to replace it)")
+
+
+def temporary_folder(target):
+    """A new, empty hidden sibling folder of ``target``, with the permissions the umask gives."""
+    target = Path(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    apply_umask(tmp)
+    return tmp
+
+
+def replace_path(tmp, target):
+    """Move the finished ``tmp`` (file or folder) to ``target``, replacing what was there."""
+    target = Path(target)
+    if target.is_dir():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.replace(target, old / target.name)  # a folder cannot be replaced in one rename
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)

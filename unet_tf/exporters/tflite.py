@@ -1,0 +1,201 @@
+"""TFLite export: one fixed tile, batch 1, logits out; float32, fp16 or full-integer int8.
+
+    export/model_float32.tflite   with model_float32.json beside it
+    export/model_fp16.tflite      fp16 weights, float32 compute
+    export/model_int8.tflite      int8 weights and activations, int8 input/output
+
+The JSON sidecar holds what a runtime needs to cut and stitch tiles exactly like
+:func:`unet_tf.tiling.predict_tiled` (tile and output size, pooling period, normalisation,
+quantisation, classes) and the SHA-256 of the ``.tflite`` it describes. The repository's
+``export/edge_predict.py`` is such a runtime; both use :mod:`unet_tf.overlap_tile`.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .. import __version__, overlap_tile
+from ..images import NORMALIZATION, check_image
+from ..io import check_writable, list_images, read_frames, write_atomically
+from ..model import build_unet
+from ..model_folder import load_model_folder, read_config
+from ..sizes import check_input_size, output_size, size_rule
+from ..tiling import tile_stride
+from .common import CALIBRATION_TILES, CHECK_TILES, check_target, export_dir
+
+KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
+
+
+def tflite_path(model_dir, kind):
+    """Where the ``kind`` (``"float32"``, ``"fp16"``, ``"int8"``) export of a folder goes."""
+    return export_dir(model_dir) / f"model_{kind}.tflite"
+
+
+def fixed_size_model(model, config, tile_size):
+    """The same weights in a net with a static ``(1, T, T, C)`` input: no shape ops, no Assert."""
+    a = config["architecture"]
+    fixed = build_unet((tile_size, tile_size, a["channels"]), a["num_classes"], a["depth"],
+                       a["filters"], a["dropout"], a["upsampling"], name=model.name)
+    fixed.set_weights(model.get_weights())
+    return fixed
+
+
+def calibration_tiles(images, config, tile_size, limit=CALIBRATION_TILES):
+    """Up to ``limit`` normalised ``(1, T, T, C)`` tiles of ``images`` (``YX``/``YXC``), cut
+    on the prediction grid: int8 calibration sees what the net will see."""
+    a = config["architecture"]
+    out = output_size(tile_size, a["depth"], a["upsampling"])
+    period = size_rule(a["depth"], a["upsampling"])[1]
+    margin = (tile_size - out) // 2
+    tiles = []
+    for i, image in enumerate(images):
+        image = check_image(image, f"calibration image {i}")
+        lo, hi = overlap_tile.normalization_range(image, config["normalization"])
+        for top, left in overlap_tile.tile_grid(*image.shape[:2], out, period)[1]:
+            tile = overlap_tile.crop_reflect(image, top - margin, left - margin, tile_size,
+                                             tile_size)
+            tiles.append(overlap_tile.apply_range(tile, lo, hi))
+            if len(tiles) == limit:
+                return np.stack(tiles)[:, None]
+    return np.stack(tiles)[:, None]
+
+
+def convert(fixed, kind, representative=None):
+    """The ``.tflite`` bytes of a fixed-size model (:func:`fixed_size_model`); ``kind`` is
+    ``"float32"``, ``"fp16"`` or ``"int8"`` (which needs ``representative`` tiles)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        # Via a SavedModel: converting the live function would keep READ_VARIABLE ops.
+        archive = keras.export.ExportArchive()
+        archive.track(fixed)
+        archive.add_endpoint("serving_default", tf.function(
+            lambda image: fixed(image, training=False),
+            input_signature=[tf.TensorSpec([1, *fixed.input_shape[1:]], tf.float32, "image")]))
+        archive.write_out(tmp, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if kind == "fp16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif kind == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([tile] for tile in representative)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        return converter.convert()
+
+
+def run_tflite(model_bytes, tiles, threads=2):
+    """Logits (float32) of a TFLite U-Net for normalised float tiles ``(N, T, T, C)``,
+    (de)quantising int8/uint8 input and output as the model's parameters say."""
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_content=model_bytes, num_threads=threads)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    results = []
+    for tile in tiles:
+        x = np.asarray(tile, np.float32).reshape(inp["shape"])
+        interpreter.set_tensor(inp["index"], overlap_tile.quantize(x, inp))
+        interpreter.invoke()
+        results.append(overlap_tile.dequantize(interpreter.get_tensor(out["index"]), out)[0])
+    return np.stack(results)
+
+
+def _quantization(detail):
+    scale, zero = detail["quantization"]
+    return {"dtype": np.dtype(detail["dtype"]).name, "shape": [int(s) for s in detail["shape"]],
+            "scale": float(scale), "zero_point": int(zero)}
+
+
+def tflite_metadata(model_bytes, config, tile_size, kind, check):
+    """The JSON sidecar of a ``.tflite`` export: all a runtime needs, nothing TF-specific."""
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_content=model_bytes)
+    a = config["architecture"]
+    return {
+        "format": "unet-tf tflite", "format_version": 1, "unet_tf_version": __version__,
+        "kind": kind, "tflite_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "tile_size": tile_size, "output_size": output_size(tile_size, a["depth"], a["upsampling"]),
+        "pooling_period": size_rule(a["depth"], a["upsampling"])[1],
+        "depth": a["depth"], "upsampling": a["upsampling"], "channels": a["channels"],
+        "num_classes": a["num_classes"], "class_names": config.get("class_names"),
+        "normalization": config.get("normalization", NORMALIZATION),
+        "output": "logits",  # softmax/argmax run on the host (cheap, and not int8-friendly)
+        "input_tensor": _quantization(interpreter.get_input_details()[0]),
+        "output_tensor": _quantization(interpreter.get_output_details()[0]),
+        "check": check,
+    }
+
+
+def agreement(model, model_bytes, tiles):
+    """How an export compares with the Keras model on ``tiles`` ``(N, 1, T, T, C)``: max
+    |logit diff| and the fraction of pixels with the same argmax."""
+    reference = model.predict(tiles[:, 0], verbose=0, batch_size=1)
+    logits = run_tflite(model_bytes, tiles)
+    return {"tiles": len(tiles),
+            "max_abs_logit_diff": float(np.abs(logits - reference).max()),
+            "label_agreement": float(np.mean(logits.argmax(-1) == reference.argmax(-1)))}
+
+
+def calibration_images_for(config, calibration_images):
+    """Images for int8 calibration: those given (a folder or a list of arrays), or the
+    training images folder recorded in ``config.json``."""
+    if calibration_images is None:
+        folder = config.get("training", {}).get("images")
+        if not folder or not Path(folder).is_dir():
+            raise ValueError("int8 export needs calibration images like the training data: pass "
+                             "--calibration-images DIR / calibration_images=... (the training "
+                             f"images folder {folder!r} is not available)")
+        calibration_images = folder
+    if isinstance(calibration_images, (str, os.PathLike)):
+        return [frame for path in list_images(calibration_images, "calibration")
+                for frame in read_frames(path)]
+    return list(calibration_images)
+
+
+def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
+           overwrite=False):
+    """Write ``MODEL_DIR/export/model_<kind>.tflite`` and its ``.json`` sidecar.
+
+    Args:
+        model_dir: a model folder.
+        kind: ``"float32"``, ``"fp16"`` or ``"int8"``.
+        tile_size: the tile (a valid size). Default: the training tile.
+        calibration_images: int8 only: a folder or a list of ``YX``/``YXC`` arrays like the
+            training data. Default: the training images folder recorded in ``config.json``.
+        overwrite: replace an earlier export of the same kind.
+
+    Returns:
+        The path of the ``.tflite`` file.
+    """
+    config = read_config(model_dir)            # cheap checks first: the model loads last
+    folder = export_dir(model_dir)
+    check_writable(folder, "export folder")
+    a = config["architecture"]
+    tile_size = tile_size or config["tile_size"]
+    check_input_size(tile_size, a["depth"], a["upsampling"])
+    tile_stride(tile_size, a["depth"], a["upsampling"])  # refuses tiles that cannot line up
+    target = tflite_path(model_dir, kind)
+    sidecar = target.with_suffix(".json")
+    check_target(target, overwrite)
+    calibration = calibration_images_for(config, calibration_images) if kind == "int8" else None
+    model, _ = load_model_folder(model_dir)
+    tiles = calibration_tiles(calibration, config, tile_size) if calibration else None
+    model_bytes = convert(fixed_size_model(model, config, tile_size), kind, tiles)
+    if tiles is None:
+        rng = np.random.default_rng(0)  # float exports: any input shows agreement
+        tiles = rng.random((CHECK_TILES, 1, tile_size, tile_size, a["channels"]), np.float32)
+    check = agreement(model, model_bytes, tiles[:CHECK_TILES])
+    metadata = tflite_metadata(model_bytes, config, tile_size, kind, check)
+
+    folder.mkdir(exist_ok=True)
+    # Sidecar first: should the second rename never happen, the sidecar's SHA-256 no longer
+    # matches the .tflite and runtimes refuse the pair instead of mis-reading it.
+    write_atomically(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=2)))
+    write_atomically(target, lambda tmp: Path(tmp).write_bytes(model_bytes))
+    return target

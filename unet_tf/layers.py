@@ -1,0 +1,71 @@
+"""The two custom layers of a unet-tf U-Net, registered with Keras under the package "unet_tf".
+
+``import unet_tf`` imports this module, so ``keras.saving.load_model("M/model.keras")`` finds
+both classes without ``custom_objects``. It imports nothing else of unet_tf but the size
+arithmetic, which it needs to check sizes.
+"""
+
+import keras
+import tensorflow as tf
+
+from .sizes import check_input_size, size_rule
+
+
+@keras.saving.register_keras_serializable(package="unet_tf")
+class InputSizeCheck(keras.layers.Layer):
+    """Identity that rejects spatial sizes the U-Net cannot process, with a plain message.
+
+    Known (static) sizes raise ``ValueError`` at call/trace time; sizes only known when the graph
+    runs raise ``InvalidArgumentError`` carrying the same message. Without this check an invalid
+    size fails deep inside a concatenation with a shape error that names no size.
+    """
+
+    def __init__(self, depth=5, upsampling="transpose", **kwargs):
+        super().__init__(**kwargs)
+        size_rule(depth, upsampling)  # validates the arguments
+        self.depth = depth
+        self.upsampling = upsampling
+
+    def call(self, x):
+        static = [x.shape[1], x.shape[2]]
+        if all(s is not None for s in static):
+            for s in static:
+                check_input_size(int(s), self.depth, self.upsampling)
+            return x
+        smallest, step, _ = size_rule(self.depth, self.upsampling)
+        checks = []
+        for s in (tf.shape(x)[1], tf.shape(x)[2]):
+            below = smallest + tf.maximum(s - smallest, 0) // step * step
+            ok = tf.logical_and(s >= smallest, tf.equal((s - smallest) % step, 0))
+            message = tf.strings.format(
+                "input {} is not valid for depth {}: use {} or {}",
+                (s, self.depth, below, below + step))
+            checks.append(tf.debugging.Assert(ok, [message]))
+        with tf.control_dependencies(checks):
+            return tf.identity(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "depth": self.depth, "upsampling": self.upsampling}
+
+
+@keras.saving.register_keras_serializable(package="unet_tf")
+class NearestUpsample2x(keras.layers.Layer):
+    """Nearest-neighbour x2 upsampling as one RESIZE_NEAREST_NEIGHBOR op.
+
+    Keras' ``UpSampling2D`` lowers to RESHAPE+TILE in TFLite, which the Edge TPU cannot run.
+    Nearest (not bilinear) because bilinear reads across the map border and would break the
+    exact, seamless overlap-tile arithmetic. ``half_pixel_centers=False``: for an exact x2 it
+    picks the same pixels as TF2's default, and it keeps the op at a version the Edge TPU
+    compiler accepts (google-coral/edgetpu#187: "Operation version not supported").
+    """
+
+    def call(self, x):
+        return tf.raw_ops.ResizeNearestNeighbor(images=x, size=2 * tf.shape(x)[1:3],
+                                                align_corners=False, half_pixel_centers=False)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)

@@ -1,0 +1,164 @@
+"""Overlap-tile prediction in plain numpy: normalisation, mirroring, the tile grid, int8 I/O.
+
+The one source of truth for how an image is cut into tiles and put back together, used by
+``unet_tf.tiling`` (Keras), the TFLite checks in ``unet_tf.exporters`` and the TensorFlow-free
+deployment kit. It imports numpy only: ``export/overlap_tile.py`` in the repository is a byte
+copy of this file (a test holds the two to each other), so the kit runs where unet-tf and
+TensorFlow are not installed.
+
+Geometry: a U-Net with valid convolutions maps a ``T`` tile to its centred ``O`` output window.
+It is shift-equivariant only for shifts by its pooling period ``P = 2**(depth-1)``, so output
+windows start on multiples of ``P`` (stride ``O - O % P``); the tiled result then equals one
+forward pass over the whole mirror-padded image, exactly: no seams, no blending.
+"""
+
+import numpy as np
+
+
+def percentiles(image, qs):
+    """``np.percentile(image, qs)`` (linear interpolation); for 8/16-bit images from a
+    histogram, exactly, without the sorted copy (8192^2 uint16 costs 512 KiB, not 128 MiB)."""
+    image = np.asarray(image)
+    if image.dtype not in (np.uint8, np.uint16) or image.size < 2 ** 16:
+        return np.percentile(image, qs)
+    counts = np.zeros(2 ** (8 * image.itemsize), np.int64)
+    flat = image.reshape(-1)
+    for start in range(0, flat.size, 2 ** 22):  # bincount copies to int64: do it in chunks
+        counts += np.bincount(flat[start:start + 2 ** 22], minlength=counts.size)
+    cumulative = np.cumsum(counts)
+    values = []
+    for q in qs:
+        position = q / 100.0 * (image.size - 1)
+        below = int(np.floor(position))
+        lower = np.searchsorted(cumulative, below, side="right")
+        upper = np.searchsorted(cumulative, min(below + 1, image.size - 1), side="right")
+        values.append(lower + (position - below) * (upper - lower))
+    return np.array(values)
+
+
+def normalization_range(image, normalization):
+    """``(lo, hi)``: the intensities mapped to 0 and 1 by a model folder's ``normalization``
+    entry (percentiles over all pixels and channels); ``(0, 1)`` for ``None``."""
+    if normalization is None:
+        return 0.0, 1.0
+    if normalization.get("method") != "percentile":
+        raise ValueError(f"unknown normalization method {normalization.get('method')!r}, "
+                         "expected 'percentile'")
+    lo, hi = percentiles(image, (normalization["low"], normalization["high"]))
+    return float(lo), float(hi)
+
+
+def apply_range(image, lo, hi):
+    """``(image - lo) / (hi - lo)`` as float32; a constant image (``hi == lo``) maps to zeros."""
+    scale = np.float32(1.0 / (hi - lo)) if hi > lo else np.float32(0.0)
+    return (np.asarray(image).astype(np.float32) - np.float32(lo)) * scale
+
+
+def reflect_index(index, size):
+    """Map any integer indices into ``[0, size)`` by mirroring about the border pixels.
+
+    The mirror of paper Fig. 2 (numpy ``"reflect"``, OpenCV ``BORDER_REFLECT_101``), periodic so
+    that it also works when the padding is larger than the image.
+    """
+    index = np.asarray(index)
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    index = np.abs(index) % period
+    return np.where(index >= size, period - index, index)
+
+
+def crop_reflect(array, top, left, height, width):
+    """``array[top:top+height, left:left+width]`` with mirrored content outside the array."""
+    if top >= 0 and left >= 0 and top + height <= array.shape[0] and left + width <= array.shape[1]:
+        return array[top:top + height, left:left + width]  # inside: a view, no gather
+    rows = reflect_index(np.arange(top, top + height), array.shape[0])
+    cols = reflect_index(np.arange(left, left + width), array.shape[1])
+    return array[rows[:, None], cols[None, :]]
+
+
+def tile_grid(height, width, output_size, period):
+    """``(stride, corners)``: top-left corners of the output windows covering an image, on a
+    regular grid (the last ones overhang). One window that covers the image is exact whatever
+    its size; a grid needs windows aligned to the pooling ``period``."""
+    if max(height, width) <= output_size:
+        return output_size, [(0, 0)]
+    stride = output_size - output_size % period
+    if stride == 0:
+        raise ValueError(f"a {output_size}-pixel tile output is smaller than the pooling period "
+                         f"{period}, so tiles cannot line up exactly: use a larger tile")
+    return stride, [(top, left) for top in range(0, height, stride)
+                    for left in range(0, width, stride)]
+
+
+def as_yxc_with(image, channels):
+    """``image`` as ``YXC`` with ``channels`` channels (a ``YX`` image gets one), or a
+    ``ValueError`` that says what came."""
+    image = np.asarray(image)
+    image = image[..., None] if image.ndim == 2 else image
+    if image.ndim != 3 or image.shape[2] != channels:
+        raise ValueError(f"expected a YX or YXC image with {channels} channel(s), "
+                         f"got shape {image.shape}")
+    return image
+
+
+def predict_tiled(image, predict_tiles, tile_size, output_size, period, normalization,
+                  batch_size=1, on_batch=None):
+    """Network output for a whole ``YXC`` image, tile by tile.
+
+    Args:
+        image: ``YXC`` array, any numeric dtype; normalised here with ``normalization``.
+        predict_tiles: function of float32 tiles ``(B, T, T, C)`` -> ``(B, O, O[, K])``.
+        tile_size, output_size, period: ``T``, ``O`` and the pooling period ``P``.
+        normalization: a model folder's ``normalization`` entry, or ``None`` (already done).
+        batch_size: tiles per call.
+        on_batch: called with the number of tiles after each call (progress bars).
+
+    Returns ``(H, W[, K])`` in the dtype ``predict_tiles`` returns. Memory holds the output and
+    one batch of tiles, never the padded image.
+    """
+    margin = (tile_size - output_size) // 2
+    height, width = image.shape[:2]
+    stride, corners = tile_grid(height, width, output_size, period)
+    lo, hi = normalization_range(image, normalization)
+    result = None
+    for start in range(0, len(corners), batch_size):
+        batch = corners[start:start + batch_size]
+        tiles = np.stack([apply_range(crop_reflect(image, top - margin, left - margin, tile_size,
+                                                   tile_size), lo, hi) for top, left in batch])
+        predicted = np.asarray(predict_tiles(tiles))
+        if result is None:
+            result = np.zeros((height, width, *predicted.shape[3:]), predicted.dtype)
+        for (top, left), window in zip(batch, predicted):
+            h, w = min(stride, height - top), min(stride, width - left)
+            result[top:top + h, left:left + w] = window[:h, :w]
+        if on_batch:
+            on_batch(len(batch))
+    return result
+
+
+def quantize(x, tensor):
+    """Float input for a TFLite input ``tensor`` (an interpreter's detail dict): int8/uint8
+    tensors get ``round(x / scale) + zero_point``, clipped to their range; floats pass."""
+    dtype = np.dtype(tensor["dtype"])
+    if dtype not in (np.int8, np.uint8):
+        return np.asarray(x, dtype)
+    scale, zero = tensor["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(np.asarray(x, np.float32) / scale) + zero, info.min,
+                   info.max).astype(dtype)
+
+
+def dequantize(y, tensor):
+    """Float32 values of a TFLite output ``tensor``: ``(y - zero_point) * scale`` for
+    int8/uint8, unchanged for floats."""
+    if np.dtype(tensor["dtype"]) not in (np.int8, np.uint8):
+        return np.asarray(y, np.float32)
+    scale, zero = tensor["quantization"]
+    return (np.asarray(y, np.float32) - zero) * np.float32(scale)
+
+
+def softmax(logits):
+    """Softmax over the last axis."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)

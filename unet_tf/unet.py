@@ -1,0 +1,145 @@
+"""A trained U-Net bound to its model folder: predict, segment, evaluate, export.
+
+In the manner of StarDist2D / CSBDeep: the folder says how images are normalised, which
+geometry the net has and what the classes are, so nobody passes those by hand::
+
+    unet = unet_tf.UNet.from_folder("my-model")
+    labels = unet.segment(image)                  # instance labels (YX)
+    probabilities = unet.predict(image)           # (H, W, classes) float32
+    rows = unet.evaluate(images, masks)           # metrics per image
+    unet.export("tflite-int8")                    # my-model/export/model_int8.tflite
+
+The plain functions (:func:`unet_tf.predict_tiled`, :mod:`unet_tf.metrics`,
+:func:`unet_tf.exporters.export_model`) stay the layer underneath; the CLI is a thin layer on top.
+"""
+
+from pathlib import Path
+
+from .metrics import evaluate as evaluate_image
+from .model_folder import load_model_folder
+from .postprocess import label_image
+from .tiling import predict_tiled, tile_count
+
+
+class UNet:
+    """A Keras U-Net and its model folder's ``config.json``.
+
+    Args:
+        model: a Keras model from :func:`unet_tf.build_unet` (logits out).
+        config: the folder's ``config.json`` as a dict.
+        folder: the model folder (needed by :meth:`export`).
+    """
+
+    def __init__(self, model, config, folder=None):
+        self.model, self.config = model, config
+        self.folder = Path(folder) if folder is not None else None
+
+    @classmethod
+    def from_folder(cls, folder):
+        """Load a model folder written by :func:`unet_tf.train`.
+
+        Raises:
+            FileNotFoundError: the folder, ``model.keras`` or ``config.json`` is missing.
+            ValueError: the folder is broken or from a newer unet-tf.
+
+        Example:
+            >>> unet = UNet.from_folder("my-model")  # doctest: +SKIP
+        """
+        model, config = load_model_folder(folder)
+        return cls(model, config, folder)
+
+    @classmethod
+    def train(cls, config, images=None, masks=None, **options):
+        """Train (see :func:`unet_tf.train`) and return the result bound to ``config.out``
+        (``None`` on the non-chief workers of a multi-worker run, which write no folder)."""
+        from .training import train  # only here: prediction never imports the training code
+        train(config, images, masks, **options)
+        folder = Path(config.out)
+        return cls.from_folder(folder) if (folder / "config.json").exists() else None
+
+    # ----------------------------------------------------------------------- properties
+
+    @property
+    def num_classes(self):
+        return self.config["architecture"]["num_classes"]
+
+    @property
+    def class_names(self):
+        return self.config.get("class_names")
+
+    @property
+    def normalization(self):
+        return self.config["normalization"]
+
+    @property
+    def tile_size(self):
+        """The tile prediction uses unless told otherwise."""
+        return self.config["tile_size"]
+
+    def tile_count(self, image_shape, tile_size=None):
+        """How many tiles :meth:`predict` runs for an image of ``image_shape``."""
+        a = self.config["architecture"]
+        return tile_count(image_shape, tile_size or self.tile_size, a["depth"], a["upsampling"])
+
+    # ----------------------------------------------------------------------- inference
+
+    def predict(self, image, output="probabilities", tile_size=None, batch_size=4,
+                progress=False):
+        """Overlap-tile prediction of a whole ``YX``/``YXC`` image with the folder's settings.
+
+        Args:
+            image: uint8/uint16/float ``YX`` or ``YXC``, raw (normalised here).
+            output: ``"probabilities"`` ``(H, W, K)`` float32, ``"logits"`` or ``"labels"``
+                (class ids, ``(H, W)`` int32).
+            tile_size: override the folder's tile (any valid size gives the same result).
+            batch_size: tiles per forward pass.
+            progress: a ``keras.utils.Progbar`` or ``True`` for a new one.
+
+        Returns:
+            The array :func:`unet_tf.predict_tiled` returns.
+        """
+        return predict_tiled(self.model, image, tile_size=tile_size or self.tile_size,
+                             batch_size=batch_size, output=output, progress=progress,
+                             normalization=self.normalization)
+
+    def postprocess(self, probabilities):
+        """Labels from :meth:`predict`'s probabilities ``(H, W, K)``: instance labels
+        (``YX``, connected components of the foreground) for a two-class net, class ids for
+        more."""
+        return label_image(probabilities.argmax(-1), self.num_classes)
+
+    def segment(self, image, **options):
+        """What a person uses: :meth:`postprocess` of :meth:`predict`. ``options`` as for
+        :meth:`predict`."""
+        return self.postprocess(self.predict(image, **options))
+
+    def evaluate(self, images, masks, names=None, progress=False):
+        """Metrics of :meth:`segment` against true masks, per image.
+
+        Args:
+            images, masks: sequences of ``YX``/``YXC`` images and their ``YX`` masks.
+            names: a name per image (default ``image 0``, ``image 1``, ...).
+
+        Returns:
+            ``{name: metrics}`` with the keys of :func:`unet_tf.metrics.evaluate`; format it
+            with :func:`unet_tf.metrics.metrics_table`.
+        """
+        names = names or [f"image {i}" for i in range(len(images))]
+        if not len(names) == len(images) == len(masks):
+            raise ValueError(f"got {len(images)} images, {len(masks)} masks and "
+                             f"{len(names)} names")
+        return {name: evaluate_image(mask, self.segment(image, progress=progress))
+                for name, image, mask in zip(names, images, masks)}
+
+    def export(self, format="savedmodel", **options):
+        """Export the folder (see :func:`unet_tf.exporters.export_model`); returns the path."""
+        if self.folder is None:
+            raise ValueError("this UNet has no model folder to export from: use "
+                             "UNet.from_folder(...)")
+        from .exporters import export_model
+        return export_model(self.folder, format, **options)
+
+    def __repr__(self):
+        a = self.config.get("architecture", {})
+        return (f"UNet(folder={str(self.folder)!r}, depth={a.get('depth')}, "
+                f"filters={a.get('filters')}, classes={a.get('num_classes')})")
