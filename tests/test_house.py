@@ -1,0 +1,212 @@
+"""The package's structure and the defects a new user meets first: one-way imports, loading a
+saved model in a fresh interpreter, the folder-bound UNet object, file permissions, logs that
+are not a terminal, and the deployment kit's copy of the tiling code."""
+
+import ast
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import unet_tf
+from unet_tf import UNet, overlap_tile
+from unet_tf.io import write_image
+from unet_tf.model_folder import load_model_folder
+from unet_tf.tiling import predict_tiled
+
+PACKAGE = Path(unet_tf.__file__).parent
+REPO = PACKAGE.parent
+TRAINING_CODE = {"training", "data", "augment", "distribute", "callbacks", "losses"}
+PREDICTION_AND_EXPORT = {"tiling", "model_folder", "unet", "metrics", "postprocess",
+                         "exporters", "exporters.common", "exporters.savedmodel",
+                         "exporters.tflite", "exporters.onnx", "exporters.bioimageio",
+                         "exporters.edgetpu"}
+
+
+def module_name(path):
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path, top_level_only):
+    """The unet_tf modules a file imports (relative imports resolved), ``__init__`` excluded."""
+    tree = ast.parse(path.read_text())
+    package = module_name(path).split(".") if path.name == "__init__.py" else \
+        module_name(path).split(".")[:-1]
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1] if node.level > 1 else package
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            names = [target] if node.module else [".".join([*base, a.name]) for a in node.names]
+            found.update(n for n in names if n)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            found.update(m.removeprefix("unet_tf.") for m in modules
+                         if m and m.startswith("unet_tf."))
+    known = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    # "from . import overlap_tile" names a module; "from .images import X" names its module
+    return {m if m in known else m.rsplit(".", 1)[0] for m in found} & known - {""}
+
+
+def import_graph(top_level_only=False):
+    return {module_name(p): imports_of(p, top_level_only) for p in PACKAGE.rglob("*.py")
+            if p.name != "__init__.py" or p.parent != PACKAGE}
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    done, stack = set(), []
+
+    def visit(module):
+        if module in stack:
+            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(module):]
+                                                                 + [module]))
+        if module in done:
+            return
+        stack.append(module)
+        for other in graph.get(module, ()):
+            visit(other)
+        stack.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
+
+
+def test_prediction_and_export_import_no_training_code():
+    graph = import_graph(top_level_only=True)
+    for module in PREDICTION_AND_EXPORT:
+        reached, todo = set(), [module]
+        while todo:
+            for other in graph.get(todo.pop(), ()):
+                if other not in reached:
+                    reached.add(other)
+                    todo.append(other)
+        assert not reached & TRAINING_CODE, f"{module} imports {sorted(reached & TRAINING_CODE)}"
+
+
+def test_no_private_names_cross_modules():
+    for path in [*PACKAGE.rglob("*.py"), *REPO.glob("tests/*.py"), *REPO.glob("benchmarks/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "")
+                                                     .startswith("unet_tf")):
+                private = [a.name for a in node.names if a.name.startswith("_")
+                           and a.name != "__version__"]
+                assert not private, f"{path.name} imports private {private} from {node.module}"
+
+
+def test_the_kit_carries_an_exact_copy_of_the_tiling_code():
+    kit = REPO / "export" / "overlap_tile.py"
+    assert kit.read_bytes() == (PACKAGE / "overlap_tile.py").read_bytes(), (
+        "export/overlap_tile.py differs from unet_tf/overlap_tile.py: "
+        "cp unet_tf/overlap_tile.py export/overlap_tile.py")
+    source = kit.read_text()
+    assert "import unet_tf" not in source and "from unet_tf" not in source and "from ." not in source
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_quantisation_round_trips_int8_and_uint8(dtype):
+    tensor = {"dtype": dtype, "quantization": (0.05, 3 if dtype == np.int8 else 128)}
+    x = np.linspace(-3, 3, 101, dtype=np.float32)
+    q = overlap_tile.quantize(x, tensor)
+    assert q.dtype == dtype
+    np.testing.assert_allclose(overlap_tile.dequantize(q, tensor), x, atol=0.05 / 2 + 1e-6)
+    info = np.iinfo(dtype)   # out of range values saturate instead of wrapping
+    assert overlap_tile.quantize(np.float32([1e6]), tensor)[0] == info.max
+
+
+FRESH_LOAD = """
+import sys
+import unet_tf, keras
+model = keras.saving.load_model(sys.argv[1] + "/model.keras")
+folder_model, config = unet_tf.load_model_folder(sys.argv[1])
+print(model.name, len(model.layers), config["tile_size"])
+"""
+
+
+def test_a_saved_model_loads_in_a_fresh_interpreter_as_the_readme_says(trained_folder):
+    result = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(trained_folder)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[0] == "unet" and result.stdout.split()[2] == "188"
+
+
+def test_unet_object_predicts_like_predict_tiled_with_the_folders_settings(trained_folder,
+                                                                            sample):
+    unet = UNet.from_folder(trained_folder)
+    model, config = load_model_folder(trained_folder)
+    image = sample[0][:150, 384:]
+    expected = predict_tiled(model, image, tile_size=config["tile_size"],
+                             normalization=config["normalization"])
+    np.testing.assert_allclose(unet.predict(image), expected, atol=1e-6)
+    labels = unet.segment(image)
+    assert labels.shape == image.shape and labels.max() >= 5   # nuclei, as instances
+    rows = unet.evaluate([image], [sample[1][:150, 384:]], ["held-out"])
+    assert rows["held-out"]["foreground_iou"] > 0.7
+
+
+def modes(root):
+    return {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*")
+            if p.is_file() or p.is_dir()}
+
+
+@pytest.mark.slow
+def test_written_files_honour_the_umask(tmp_path, sample):
+    image, instances = sample
+    write_image(tmp_path / "images" / "a.tif", image[:200, :200])
+    write_image(tmp_path / "masks" / "a.tif", instances[:200, :200])
+    cli = [sys.executable, "-m", "unet_tf.cli"]
+    env = dict(os.environ)
+    umask = "umask 027 && "
+    steps = [
+        ["train", "--images", tmp_path / "images", "--masks", tmp_path / "masks", "--out",
+         tmp_path / "model", "--tile-size", 124, "--depth", 3, "--filters", 4, "--epochs", 1,
+         "--steps-per-epoch", 1, "--quiet"],
+        ["predict", tmp_path / "model", tmp_path / "images", "--out", tmp_path / "pred",
+         "--probabilities", "--quiet"],
+        ["export", tmp_path / "model", "--format", "savedmodel"],
+        ["export", tmp_path / "model", "--format", "tflite"],
+    ]
+    for args in steps:
+        command = umask + " ".join(map(str, [*cli, *args]))
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                                env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    written = {**{f"model/{k}": v for k, v in modes(tmp_path / "model").items()},
+               **{f"pred/{k}": v for k, v in modes(tmp_path / "pred").items()}}
+    for name in ("model/model.keras", "model/config.json", "model/history.csv",
+                 "model/export/model_float32.tflite", "model/export/model_float32.json",
+                 "model/export/savedmodel/1/saved_model.pb", "pred/a.tif", "pred/a_overlay.png",
+                 "pred/a_probabilities.tif"):
+        assert written[name] == 0o640, f"{name}: {oct(written[name])}"
+    written["model"] = stat.S_IMODE((tmp_path / "model").stat().st_mode)
+    written["pred"] = stat.S_IMODE((tmp_path / "pred").stat().st_mode)
+    for name in ("model", "model/export", "model/export/savedmodel", "model/export/savedmodel/1",
+                 "pred"):
+        assert written[name] == 0o750, f"{name}: {oct(written[name])}"
+
+
+def test_training_into_a_log_file_writes_plain_lines(tmp_path, sample):
+    image, instances = sample
+    write_image(tmp_path / "images" / "a.tif", image[:200, :200])
+    write_image(tmp_path / "masks" / "a.tif", instances[:200, :200])
+    log = tmp_path / "train.log"
+    with open(log, "w") as out:   # not a terminal, like nohup, Slurm or CI
+        result = subprocess.run(
+            [sys.executable, "-m", "unet_tf.cli", "train", "--images", str(tmp_path / "images"),
+             "--masks", str(tmp_path / "masks"), "--out", str(tmp_path / "model"),
+             "--tile-size", "124", "--depth", "3", "--filters", "4", "--epochs", "3",
+             "--steps-per-epoch", "5"], stdout=out, stderr=subprocess.PIPE, text=True,
+            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = log.read_text()
+    assert not any(c in text for c in "\b\r\x1b"), repr(text[:500])
+    assert [line for line in text.splitlines() if line.startswith("Epoch ")] == [
+        "Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+    assert sum(" - loss: " in line for line in text.splitlines()) == 3   # one line per epoch
