@@ -210,3 +210,14 @@ def test_training_into_a_log_file_writes_plain_lines(tmp_path, sample):
     assert [line for line in text.splitlines() if line.startswith("Epoch ")] == [
         "Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
     assert sum(" - loss: " in line for line in text.splitlines()) == 3   # one line per epoch
+
+
+def test_package_metadata_is_static():
+    import tomllib
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "dependencies" not in project.get("dynamic", []), "requirements must not be computed"
+    assert not any(d.startswith("tensorflow") for d in project["dependencies"])  # an extra
+    assert {"cpu", "gpu", "tensorflow"} <= set(project["optional-dependencies"])
+    shim = (REPO / "setup.py").read_text()
+    assert "setup()" in shim and "install_requires" not in shim
+    assert (REPO / "LICENSE").read_text().startswith(f"{project['license']} License")

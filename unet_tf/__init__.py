@@ -16,6 +16,17 @@ __version__ = "0.2.0"
 # TensorFlow's C++ start-up lines (CPU feature notes, oneDNN) are INFO/WARNING noise for our
 # users and would break the CLI's one-line error rule; an explicit setting is kept.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # the layers and exports are TensorFlow's
+
+try:
+    import tensorflow  # noqa: F401
+except ModuleNotFoundError as err:
+    if err.name != "tensorflow":
+        raise
+    raise ModuleNotFoundError(
+        "unet-tf needs TensorFlow >= 2.16, installed as one of: pip install 'unet-tf[cpu]' "
+        "(CPU only), 'unet-tf[gpu]' (Linux + NVIDIA GPU), 'unet-tf[tensorflow]' (macOS, or "
+        "your own CUDA)") from None
 
 from . import layers  # noqa: E402  (registers InputSizeCheck and NearestUpsample2x with Keras)
 from .augment import Augmentation, elastic_deform  # noqa: E402

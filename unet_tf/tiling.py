@@ -13,7 +13,6 @@ The geometry itself lives in :mod:`unet_tf.overlap_tile`, shared with the Tensor
 import weakref
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from . import overlap_tile
