@@ -12,19 +12,14 @@ import numpy as np
 
 import unet_tf
 from unet_tf.io import read_image, write_image
-from unet_tf.postprocess import label_image
-from unet_tf.model_folder import load_model_folder
 
-model, config = load_model_folder(sys.argv[1])
+unet = unet_tf.UNet.from_folder(sys.argv[1])
 if len(sys.argv) > 2:
     image = read_image(sys.argv[2])
 else:
     sample = unet_tf.samples.load_sample()[0]
     image = np.block([[sample, sample[:, ::-1]], [sample[::-1], sample[::-1, ::-1]]])
     image = np.tile(image, (2, 2))
-labels = unet_tf.predict_tiled(model, image, tile_size=config["tile_size"], batch_size=8,
-                               output="labels", progress=True,
-                               normalization=config["normalization"])
-instances = label_image(labels)
+instances = unet.segment(image, batch_size=8, progress=True)  # the folder's tile and normalisation
 write_image("large_labels.tif", instances, overwrite=True)
 print(f"{image.shape} -> large_labels.tif with {instances.max()} objects")

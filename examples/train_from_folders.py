@@ -11,8 +11,6 @@ from pathlib import Path
 
 import unet_tf
 from unet_tf.io import load_pairs, write_image
-from unet_tf.config import TrainConfig
-from unet_tf.training import train
 
 if len(sys.argv) == 4:
     images_dir, masks_dir, out = sys.argv[1:]
@@ -23,13 +21,12 @@ else:
         write_image(Path(images_dir) / f"{name}.tif", image[rows], overwrite=True)
         write_image(Path(masks_dir) / f"{name}.tif", instances[rows], overwrite=True)
 
-config = TrainConfig(out=out, images=images_dir, masks=masks_dir, tile_size=188, depth=4,
+config = unet_tf.TrainConfig(out=out, images=images_dir, masks=masks_dir, tile_size=188, depth=4,
                      filters=16, dropout=0.0, epochs=5, steps_per_epoch=20, batch_size=4,
                      optimizer="adam", learning_rate=1e-3, val_split=0.5)
-model = train(config, overwrite=True)
+unet = unet_tf.UNet.train(config, overwrite=True)    # bound to the model folder it wrote
 
 images, masks, names = load_pairs(images_dir, masks_dir)
-labels = unet_tf.predict_tiled(model, images[0], output="labels",
-                               normalization=config.normalization)
-print(f"{names[0]}: foreground IoU {unet_tf.metrics.foreground_iou(masks[0], labels):.3f}")
+scores = unet.evaluate(images[:1], masks[:1], names[:1])
+print(f"{names[0]}: foreground IoU {scores[names[0]]['foreground_iou']:.3f}")
 print(f"model folder: {out} (use it with `unet-tf predict {out} IMAGE --out DIR`)")

@@ -29,6 +29,7 @@ except ModuleNotFoundError as err:
         "your own CUDA)") from None
 
 from . import layers  # noqa: E402  (registers InputSizeCheck and NearestUpsample2x with Keras)
+from . import exporters, io, metrics, samples  # noqa: E402
 from .augment import Augmentation, elastic_deform  # noqa: E402
 from .config import PRESETS, TrainConfig  # noqa: E402
 from .data import make_dataset  # noqa: E402
@@ -45,7 +46,8 @@ from .unet import UNet  # noqa: E402
 from .weightmaps import weight_map  # noqa: E402
 
 __all__ = ["Augmentation", "PRESETS", "TrainConfig", "UNet", "build_unet", "check_input_size",
-           "crop_amounts", "elastic_deform", "export_model", "input_size_for_output", "layers",
+           "crop_amounts", "elastic_deform", "export_model", "exporters", "input_size_for_output", "io",
+           "layers", "metrics", "samples",
            "load_model_folder", "make_dataset", "next_valid_input_size", "normalize",
            "output_size", "predict_tiled", "size_rule", "train", "weight_map",
            "weighted_pixel_loss"]
