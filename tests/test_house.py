@@ -221,3 +221,17 @@ def test_package_metadata_is_static():
     shim = (REPO / "setup.py").read_text()
     assert "setup()" in shim and "install_requires" not in shim
     assert (REPO / "LICENSE").read_text().startswith(f"{project['license']} License")
+
+
+def test_readme_links_and_paths_resolve():
+    import re
+    for doc in ("README.md", "CONTRIBUTING.md", "export/README.md", "benchmarks/README.md"):
+        text = (REPO / doc).read_text()
+        links = re.findall(r"\]\((?!https?://|#)([^)\s]+)\)", text)
+        paths = re.findall(r"`((?:examples|benchmarks|unet_tf|tests|\.ci)/[\w./-]*)`", text)
+        paths += re.findall(r"`(export/[\w./-]*\.(?:py|md))`", text)  # the kit, not a model's
+        paths += re.findall(r"`?\b([A-Z]+\.md)\b", text)
+        for path in [*links, *paths]:
+            base = REPO if not path.startswith("./") else (REPO / doc).parent
+            assert (base / path).exists() or (REPO / Path(doc).parent / path).exists(), \
+                f"{doc} names {path}, which does not exist"

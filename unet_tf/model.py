@@ -39,8 +39,18 @@ def build_unet(input_shape=(None, None, 1), num_classes=2, depth=5, filters=64, 
             (nearest x2 resize then a 3x3 valid conv; maps onto int8 edge accelerators, and
             shrinks the output by a little more: see :func:`size_rule`).
 
-    The paper configuration on a 572x572x1 input has 23 conv layers, 31,030,658 parameters
-    and a 388x388x2 output. Softmax is left to the loss (and added at export).
+    Returns:
+        A ``keras.Model`` from ``(B, H, W, C)`` images to ``(B, H-shrink, W-shrink,
+        num_classes)`` logits (see :func:`unet_tf.sizes.size_rule`). The paper configuration on
+        a 572x572x1 input has 23 conv layers, 31,030,658 parameters and a 388x388x2 output.
+        Softmax is left to the loss (and added at export).
+
+    Raises:
+        ValueError: an invalid depth, upsampling, size, class count, width or dropout.
+
+    Example:
+        >>> build_unet((572, 572, 1)).output_shape
+        (None, 388, 388, 2)
     """
     size_rule(depth, upsampling)  # validates depth and upsampling
     if len(input_shape) != 3:

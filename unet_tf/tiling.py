@@ -102,7 +102,17 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
         progress: show a ``keras.utils.Progbar``; or pass one (counting tiles, see
             :func:`tile_count`) to share a single bar across the frames of a stack.
 
-    Tiles are cut lazily, so memory holds the output and one batch of tiles, not the padded image.
+    Returns:
+        ``(H, W, K)`` float32 for ``"probabilities"``/``"logits"``, ``(H, W)`` int32 for
+        ``"labels"``. Tiles are cut lazily, so memory holds the output and one batch of tiles,
+        not the padded image.
+
+    Raises:
+        ValueError, TypeError: an invalid image, tile size, output or channel count.
+
+    Example:
+        >>> model, config = load_model_folder("my-model")                  # doctest: +SKIP
+        >>> p = predict_tiled(model, image, normalization=config["normalization"])  # doctest: +SKIP
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")

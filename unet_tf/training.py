@@ -62,18 +62,30 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     """Train a U-Net and write a complete model folder at ``config.out``.
 
     Args:
-        config: a :class:`TrainConfig`.
+        config: a :class:`~unet_tf.config.TrainConfig`.
         images, masks: lists of ``YX``/``YXC`` images and their masks; when ``None`` they are
             read from ``config.images``/``config.masks`` (folders, matched by file name).
         names: a name per image, for the data summary.
         overwrite: replace a finished model folder. A folder with a ``backup/`` (an interrupted
             run) is resumed from the last completed epoch instead.
         callbacks: extra Keras callbacks (``fit`` path only).
+        verbose: Keras verbosity (``"auto"``, 0, 1 bars, 2 one line per epoch).
         strategy: a ``tf.distribute.Strategy``; default: made from ``config.strategy``.
             Multi-worker runs use a custom loop (see :mod:`unet_tf.distribute`); only the chief
             writes the model folder.
 
-    Returns the best model (lowest validation loss, or training loss without validation).
+    Returns:
+        The best Keras model (lowest validation loss, or training loss without validation);
+        :meth:`unet_tf.UNet.train` returns it bound to its folder instead.
+
+    Raises:
+        ValueError, TypeError: a setting or the data cannot work (before any file is written).
+        FileExistsError: ``config.out`` holds a finished model and ``overwrite`` is false.
+        RuntimeError: no epoch gave a finite loss.
+
+    Example:
+        >>> config = TrainConfig(out="my-model", images="imgs", masks="masks")  # doctest: +SKIP
+        >>> model = train(config)                                               # doctest: +SKIP
     """
     config.validate()
     if strategy is None:  # first: multi-worker collectives must be set up before any op runs
