@@ -14,11 +14,12 @@ import textwrap
 from pathlib import Path
 
 from .config import LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, TrainConfig
+from .planner import format_duration
 from .exporters import FORMATS as EXPORT_FORMATS
 from .sizes import UPSAMPLING_MODES
 
 PROG = "unet-tf"
-COMMANDS = ("demo", "train", "predict", "evaluate", "export", "check-edgetpu", "sizes", "summary")
+COMMANDS = ("demo", "plan", "train", "predict", "evaluate", "export", "check-edgetpu", "sizes", "summary")
 DEFAULTS = TrainConfig()  # the CLI's defaults are the config's: one place for each
 
 
@@ -119,64 +120,122 @@ TRAIN_OPTIONS = {"tile_size": "tile_size", "depth": "depth", "filters": "filters
                  "strategy": "strategy", "seed": "seed"}
 
 
-def _cmd_train(args):
-    from .training import train
+def _given_settings(args):
+    """The TrainConfig settings given explicitly on the command line."""
     given = {field: getattr(args, option) for option, field in TRAIN_OPTIONS.items()
-             if getattr(args, option) is not None}
+             if getattr(args, option, None) is not None}
     if args.no_augment:
         given["augment"] = False
     if args.no_weight_map:
         given["weight_map"] = False
     if args.mixed_precision:
         given["mixed_precision"] = True
-    config = TrainConfig.from_preset(args.preset, out=args.out, images=args.images,
-                                     masks=args.masks, **given)
-    train(config, overwrite=args.overwrite, verbose=_progress_verbosity(args.quiet))
+    return given
+
+
+def _print_plan(plan, images_dir):
+    fp = plan.fingerprint
+    print(f"data: {fp['images']} image(s) in {images_dir}, {fp['objects']} objects "
+          f"(diameter {fp['diameter_p5_p50_p95'][1]:g} px median, "
+          f"{fp['diameter_p5_p50_p95'][2]:g} px 95th percentile), "
+          f"{100 * fp['touching_fraction']:.0f} % touching, "
+          f"{100 * fp['foreground_fraction']:.0f} % foreground")
+    hw = plan.hardware
+    gpus = ", ".join(g["name"] for g in hw["gpus"]) or "no GPU"
+    print(f"machine: {gpus}, {hw['cpu_cores']} CPU cores, {hw['available_ram_gib']} GiB free")
+    print(plan.table())
+    if plan.time_budget:
+        print(f"estimated training time {format_duration(plan.estimated_seconds)} of a "
+              f"{format_duration(plan.time_budget)} budget")
+
+
+def _planned_run(args):
+    """``(config, plan, data)`` of a train/plan command: from --config, a preset, or the plan."""
+    from .io import load_pairs
+    from .planner import make_plan
+    given = _given_settings(args)
+    if getattr(args, "config", None):
+        stored = _read_json(args.config)
+        if "training" not in stored:
+            raise ValueError(f"{args.config} has no 'training' settings: pass a model folder's "
+                             "config.json")
+        settings = {**stored["training"], **given, "out": args.out}
+        for name in ("images", "masks"):
+            settings[name] = getattr(args, name) or settings.get(name)
+        config = TrainConfig.from_dict(settings)
+        return config, stored.get("plan"), load_pairs(config.images, config.masks)
+    if not (args.images and args.masks):
+        raise ValueError("give --images and --masks (or --config of an earlier run)")
+    data = load_pairs(args.images, args.masks)
+    fixed = dict(out=args.out, images=args.images, masks=args.masks)
+    if args.preset:
+        if args.time_budget:
+            raise ValueError("--time-budget plans the run; a --preset keeps its own settings")
+        return TrainConfig.from_preset(args.preset, **fixed, **given), None, data
+    plan = make_plan(data[0], data[1], args.time_budget, given)
+    return plan.config(**fixed), plan, data
+
+
+def _read_json(path):
+    import json
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def _cmd_train(args):
+    import time
+    from .training import train
+    start = time.perf_counter()
+    config, plan, (images, masks, names) = _planned_run(args)
+    if plan is not None and not args.config:
+        _print_plan(plan, args.images)
+    train(config, images, masks, names, overwrite=args.overwrite,
+          verbose=_progress_verbosity(args.quiet), plan=plan)
+    elapsed = time.perf_counter() - start
+    budget = plan.time_budget if plan is not None and not args.config else None
+    print(f"trained in {format_duration(elapsed)}"
+          + (f" (budget {format_duration(budget)})" if budget else ""))
     if (Path(args.out) / "model.keras").exists():
         print(f"model folder: {args.out}")
     else:  # a multi-worker run's other workers
         print("done; the chief (worker 0) writes the model folder")
 
 
-def _add_train(subparsers):
-    p = _add(subparsers, "train", "train a U-Net on a folder of images and a folder of masks", """
-        unet-tf train --images data/images --masks data/masks --out my-model
-        unet-tf train --images data/images --masks data/masks --out my-model \\
-            --tile-size 252 --depth 4 --filters 16 --epochs 20 --optimizer adam --lr 0.001
-        unet-tf train --images data/images --masks data/masks --out edge-model --preset edge
-        # killed? the same command resumes from the last completed epoch
-        """, _cmd_train)
+def _cmd_plan(args):
+    _, plan, _ = _planned_run(args)
+    _print_plan(plan, args.images)
+
+
+def _add_train_settings(p):
+    """The options shared by train and plan."""
     d, paper, edge = DEFAULTS, PRESETS["paper"], PRESETS["edge"]
-    p.add_argument("--images", required=True, help="folder of images (TIFF/PNG, 8/16-bit, stacks)")
-    p.add_argument("--masks", required=True,
-                   help="folder of masks with the images' file names (instance or 0/255)")
-    p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                   help=f"architecture and tile: paper (depth {paper['depth']}, {paper['filters']} "
-                   f"filters, up-conv, {paper['tile_size']}) or edge (depth {edge['depth']}, "
-                   f"{edge['filters']} filters, resize_conv, {edge['tile_size']}: int8 / Edge TPU "
-                   "ready); the options below override it")
-    p.add_argument("--tile-size", type=int, help="input tile, a valid size (preset: "
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="training time to plan for, e.g. 90s, 10m, 1h (default 10m without a "
+                   "GPU, 30m with one)")
+    p.add_argument("--tile-size", type=int, help="input tile, a valid size (planned; preset: "
                    f"{paper['tile_size']} / {edge['tile_size']})")
     _add_architecture_args(p, defaults=False)
-    p.add_argument("--filters", type=int,
-                   help=f"channels of the first level (preset: {paper['filters']} / {edge['filters']})")
-    p.add_argument("--epochs", type=int, help=f"epochs ({d.epochs})")
-    p.add_argument("--steps-per-epoch", type=int, help=f"batches per epoch ({d.steps_per_epoch})")
-    p.add_argument("--batch-size", type=int,
-                   help=f"tiles per batch and replica ({d.batch_size}, as the paper)")
+    p.add_argument("--filters", type=int, help="channels of the first level (planned; preset: "
+                   f"{paper['filters']} / {edge['filters']})")
+    p.add_argument("--epochs", type=int, help="epochs (planned from the time budget)")
+    p.add_argument("--steps-per-epoch", type=int, help="batches per epoch (planned)")
+    p.add_argument("--batch-size", type=int, help="tiles per batch and replica (planned)")
     p.add_argument("--optimizer", choices=OPTIMIZERS,
-                   help=f"SGD with momentum {d.momentum} (paper) or Adam ({d.optimizer})")
-    p.add_argument("--lr", type=float, help=f"learning rate ({d.learning_rate})")
+                   help=f"SGD with momentum {d.momentum} (paper) or Adam (planned)")
+    p.add_argument("--lr", type=float, help="learning rate (planned)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
-                   help=f"constant (paper) or cosine decay to 0 over the run ({d.lr_schedule})")
+                   help="constant (paper) or cosine decay to 0 over the run (planned)")
     p.add_argument("--val-split", type=float,
-                   help=f"fraction of whole images held out for validation ({d.val_split})")
+                   help="fraction of whole images held out for validation (planned)")
     p.add_argument("--w0", type=float, help=f"weight map border weight ({d.w0})")
     p.add_argument("--border-sigma", type=float,
-                   help=f"weight map border width, the paper's sigma, px ({d.border_sigma})")
+                   help="weight map border width, the paper's sigma, px (planned)")
     p.add_argument("--elastic-sigma", type=float,
-                   help=f"elastic deformation: displacement std, px ({d.elastic_sigma})")
+                   help="elastic deformation: displacement std, px (planned)")
     p.add_argument("--no-augment", action="store_true", help="no elastic/flip/intensity augmentation")
     p.add_argument("--no-weight-map", action="store_true", help="uniform pixel weights")
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE "
@@ -188,8 +247,46 @@ def _add_train(subparsers):
     p.add_argument("--mixed-precision", action="store_true",
                    help="mixed_float16 compute on GPUs (logits and loss stay float32)")
     p.add_argument("--seed", type=int, help=f"random seed ({d.seed})")
+
+
+def _add_train(subparsers):
+    p = _add(subparsers, "train", "train a U-Net on a folder of images and a folder of masks; "
+             "without settings, a plan fits it to the data and this machine in a time budget", """
+        unet-tf train --images data/images --masks data/masks --out my-model
+        unet-tf train --images data/images --masks data/masks --out my-model --time-budget 30m
+        unet-tf train --images data/images --masks data/masks --out my-model --filters 32
+        unet-tf train --images data/images --masks data/masks --out paper-model --preset paper
+        unet-tf train --config my-model/config.json --out my-model-again   # the same run
+        # killed? the same command resumes from the last completed epoch
+        """, _cmd_train)
+    paper, edge = PRESETS["paper"], PRESETS["edge"]
+    p.add_argument("--images", help="folder of images (TIFF/PNG, 8/16-bit, stacks)")
+    p.add_argument("--masks", help="folder of masks with the images' file names (instance or 0/255)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--config", metavar="CONFIG_JSON",
+                   help="repeat the run of a model folder's config.json (same settings and steps, "
+                   "seeded); options given beside it override its settings")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"fixed settings instead of a plan: paper (depth {paper['depth']}, "
+                   f"{paper['filters']} filters, up-conv, {paper['tile_size']}, SGD 0.99, "
+                   f"{DEFAULTS.epochs}x{DEFAULTS.steps_per_epoch} steps) or edge (depth "
+                   f"{edge['depth']}, {edge['filters']} filters, resize_conv, {edge['tile_size']}: "
+                   "int8 / Edge TPU ready); the options below override it")
+    _add_train_settings(p)
     p.add_argument("--overwrite", action="store_true", help="replace a finished model folder")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_plan(subparsers):
+    p = _add(subparsers, "plan", "show what `unet-tf train` would choose for this data on this "
+             "machine, and why, without training", """
+        unet-tf plan --images data/images --masks data/masks
+        unet-tf plan --images data/images --masks data/masks --time-budget 30m --filters 32
+        """, _cmd_plan)
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--masks", required=True, help="folder of masks (same file names)")
+    _add_train_settings(p)
+    p.set_defaults(config=None, preset=None, out="model")
 
 
 # --------------------------------------------------------------------------- predict
@@ -231,7 +328,7 @@ def _cmd_predict(args):
     unet = UNet.from_folder(args.model)
     for labels_path, source in planned.items():
         frames = read_frames(source)
-        tiles = sum(unet.tile_count(f.shape, args.tile_size) for f in frames)
+        tiles = sum(unet.tile_count(f.shape, args.tile_size, args.batch_size) for f in frames)
         bar = _progress_bar(tiles, args.quiet)  # one bar for all frames of a stack
         options = dict(tile_size=args.tile_size, batch_size=args.batch_size, progress=bar or False)
         results = [unet.predict(frame, **options) for frame in frames]
@@ -257,7 +354,8 @@ def _add_predict(subparsers):
     p.add_argument("--out", required=True, help="folder for label masks (same names as the "
                    "inputs), NAME_overlay.png and NAME_probabilities.tif")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
-    p.add_argument("--tile-size", type=int, help="input tile (default: the training tile size)")
+    p.add_argument("--tile-size", type=int, help="input tile (default: the largest that fits "
+                   "memory; the result is the same for any valid tile)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (4)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -317,8 +415,8 @@ def _cmd_export(args):
     if path.suffix == ".tflite":
         meta = json.loads(path.with_suffix(".json").read_text())
         check = meta["check"]
-        print(f"  tile {meta['tile_size']} -> {meta['output_size']}, input {meta['input_tensor']['dtype']}"
-              f", metadata {path.with_suffix('.json')}")
+        print(f"  tile {meta['tile_size']} -> {meta['output_size']} ({meta['tile_choice']}), "
+              f"input {meta['input_tensor']['dtype']}, metadata {path.with_suffix('.json')}")
         print(f"  vs the Keras model on {check['tiles']} tiles: max |logit diff| "
               f"{check['max_abs_logit_diff']:.3g}, same label {100 * check['label_agreement']:.2f}%")
 
@@ -366,7 +464,8 @@ def _add_export(subparsers):
                    choices=EXPORT_FORMATS,
                    help="SavedModel (any size, dynamic batch), a TFLite tile model, or the int8 "
                    "one checked (and compiled, if edgetpu_compiler is installed) for the Edge TPU")
-    p.add_argument("--tile-size", type=int, help="TFLite input tile (default: the training tile)")
+    p.add_argument("--tile-size", type=int, help="TFLite input tile (default: the largest whose "
+                   "activations fit 256 MiB, for devices; stated in the sidecar)")
     p.add_argument("--calibration-images", metavar="DIR",
                    help="int8: images like the training data (default: the training images)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export")

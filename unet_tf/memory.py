@@ -13,6 +13,7 @@ import numpy as np
 
 TRAINING_FACTOR = 3.0   # activations + their gradients + temporaries
 GIB = 2 ** 30
+INFERENCE_MEMORY = 2 * GIB
 
 
 @functools.lru_cache(maxsize=32)
@@ -25,6 +26,27 @@ def activation_bytes(tile_size, depth=5, filters=64, upsampling="transpose", cha
     return 4 * sum(int(np.prod(layer.output.shape[1:])) for layer in model.layers)
 
 
+@functools.lru_cache(maxsize=32)
+def _activation_polynomial(depth, filters, upsampling, channels, num_classes):
+    from .sizes import size_rule
+    smallest, step, _ = size_rule(depth, upsampling)
+    counts = [activation_bytes(smallest + k * step, depth, filters, upsampling, channels,
+                               num_classes) for k in (0, 1, 2)]
+    return np.polyfit([0, 1, 2], counts, 2)
+
+
+def tile_bytes(tile_size, depth=5, filters=64, upsampling="transpose", channels=1,
+               num_classes=2):
+    """:func:`activation_bytes` for any valid tile from three built models: every layer's size
+    is affine in ``k`` for tiles ``smallest + k*step``, so the total is exactly quadratic."""
+    from .sizes import check_input_size, size_rule
+    check_input_size(tile_size, depth, upsampling)
+    smallest, step, _ = size_rule(depth, upsampling)
+    k = (tile_size - smallest) // step
+    return float(np.polyval(_activation_polynomial(depth, filters, upsampling, channels,
+                                                   num_classes), k))
+
+
 def available_bytes():
     """Memory available to this process (Linux ``MemAvailable``), or ``None`` if unknown."""
     try:
@@ -35,6 +57,13 @@ def available_bytes():
     except OSError:
         pass
     return None
+
+
+def inference_budget():
+    """Bytes a batch of prediction tiles may take: a quarter of the available memory, at most
+    ``INFERENCE_MEMORY`` (beyond it larger tiles save little: the overlap is already small)."""
+    available = available_bytes()
+    return min(INFERENCE_MEMORY, available // 4) if available else INFERENCE_MEMORY // 2
 
 
 def check_fits(tile_size, batch_size, training, depth=5, filters=64, upsampling="transpose",

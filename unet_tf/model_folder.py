@@ -30,7 +30,7 @@ MODEL_FILE, CONFIG_FILE, HISTORY_FILE, BACKUP_DIR, LOGS_DIR, EXPORT_DIR = (
 FORMAT_VERSION = 1
 
 
-def folder_config(config, data_summary, distribution=None):
+def folder_config(config, data_summary, distribution=None, plan=None):
     """The ``config.json`` of a model folder."""
     return {
         "format": "unet-tf model folder",
@@ -52,12 +52,13 @@ def folder_config(config, data_summary, distribution=None):
         "training": dataclasses.asdict(config),
         "distribution": distribution or {"strategy": "default", "replicas": 1,
                                          "global_batch": config.batch_size},
+        "plan": plan,   # what the planner derived and why (None: settings given by hand)
     }
 
 
-def write_config(folder, config, data_summary, distribution=None):
+def write_config(folder, config, data_summary, distribution=None, plan=None):
     """Write ``folder/config.json`` (atomically) for a :class:`~unet_tf.config.TrainConfig`."""
-    text = json.dumps(folder_config(config, data_summary, distribution), indent=2)
+    text = json.dumps(folder_config(config, data_summary, distribution, plan), indent=2)
     write_atomically(Path(folder) / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
 
 

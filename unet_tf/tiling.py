@@ -18,8 +18,8 @@ import tensorflow as tf
 from . import overlap_tile
 from .images import NORMALIZATION, check_image
 from .layers import InputSizeCheck
-from .memory import check_fits
-from .sizes import input_size_for_output, next_valid_input_size, output_size, size_rule
+from .memory import check_fits, inference_budget, tile_bytes
+from .sizes import input_size_for_output, output_size, size_rule
 
 OUTPUTS = ("probabilities", "logits", "labels")
 
@@ -39,10 +39,36 @@ def _filters(model):
     return model.get_layer("down0_conv1").filters
 
 
-def default_tile_size(depth, upsampling, image_shape, target=572):
-    """The tile to use when none is given: ``target`` or, for small images, just enough."""
+def inference_tile_size(image_shape, depth=5, upsampling="transpose", filters=64, channels=1,
+                        num_classes=2, batch_size=1, budget=None):
+    """The tile prediction uses when none is given: the largest valid tile whose batch of
+    activations fits ``budget`` bytes (default :func:`unet_tf.memory.inference_budget`), no
+    larger than the image needs. Any valid tile gives the same result; larger ones waste less
+    on overlap. The training tile plays no part."""
+    budget = budget or inference_budget()
     needed = input_size_for_output(max(image_shape[:2]), depth, upsampling)
-    return min(next_valid_input_size(target, depth, upsampling), needed)
+    smallest, step, _ = size_rule(depth, upsampling)
+    lined_up = input_size_for_output(step, depth, upsampling)  # output >= one pooling period
+    fits = lambda tile: batch_size * tile_bytes(tile, depth, filters, upsampling, channels,
+                                                num_classes) <= budget
+    low, high = 0, (needed - smallest) // step    # tiles smallest + k*step, k in [low, high]
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(smallest + middle * step) else (low, middle - 1)
+    return max(smallest + low * step, min(lined_up, needed))
+
+
+def tile_for(model, image_shape, batch_size=1, tile_size=None):
+    """The tile :func:`predict_tiled` uses for ``model`` and an image of ``image_shape``:
+    ``tile_size`` if given, the model's fixed size, else :func:`inference_tile_size`."""
+    depth, upsampling, channels, static = model_geometry(model)
+    if tile_size is not None:
+        if static is not None and tile_size != static:
+            raise ValueError(f"this model takes {static}x{static} tiles only, got "
+                             f"tile_size={tile_size}")
+        return tile_size
+    return static or inference_tile_size(image_shape, depth, upsampling, _filters(model),
+                                         channels, model.output_shape[-1], batch_size)
 
 
 def tile_stride(tile_size, depth=5, upsampling="transpose"):
@@ -94,8 +120,8 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
         model: a U-Net from :func:`build_unet` (logits output), dynamic or fixed tile size.
         image: uint8/uint16/float ``YX`` or ``YXC``; normalised like in training, over the whole
             image (``normalization`` from the model folder's config; ``None`` if already done).
-        tile_size: input tile (valid size). Default: the model's fixed size, else 572 or, for a
-            small image, the smallest tile that covers it.
+        tile_size: input tile (valid size). Default: the model's fixed size, else the largest
+            tile that fits the memory budget (see :func:`inference_tile_size`).
         batch_size: tiles per forward pass (does not change the result).
         output: ``"probabilities"`` (softmax, ``(H, W, K)`` float32), ``"logits"`` or
             ``"labels"`` (argmax, ``(H, W)`` int32).
@@ -122,10 +148,7 @@ def predict_tiled(model, image, tile_size=None, batch_size=4, output="probabilit
     depth, upsampling, channels, static = model_geometry(model)
     if image.shape[2] != channels:
         raise ValueError(f"image has {image.shape[2]} channels, the model expects {channels}")
-    if tile_size is None:
-        tile_size = static or default_tile_size(depth, upsampling, image.shape)
-    elif static is not None and tile_size != static:
-        raise ValueError(f"this model takes {static}x{static} tiles only, got tile_size={tile_size}")
+    tile_size = tile_for(model, image.shape, batch_size, tile_size)
     corners = tile_grid(image.shape, tile_size, depth, upsampling)[1]
     check_fits(tile_size, min(batch_size, len(corners)), False, depth, _filters(model), upsampling,
                channels, model.output_shape[-1])

@@ -21,7 +21,8 @@ from .model import build_unet
 from .model_folder import BACKUP_DIR, HISTORY_FILE, LOGS_DIR, MODEL_FILE, write_config
 
 
-def _optimizer(config):
+def make_optimizer(config):
+    """The optimizer (and learning-rate schedule over all steps) that ``config`` names."""
     rate = config.learning_rate
     if config.lr_schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(rate, config.epochs * config.steps_per_epoch)
@@ -58,7 +59,7 @@ def _warn_if_one_class(masks, num_classes):
 
 
 def train(config, images=None, masks=None, names=None, overwrite=False, callbacks=(),
-          verbose="auto", strategy=None):
+          verbose="auto", strategy=None, plan=None):
     """Train a U-Net and write a complete model folder at ``config.out``.
 
     Args:
@@ -73,6 +74,8 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         strategy: a ``tf.distribute.Strategy``; default: made from ``config.strategy``.
             Multi-worker runs use a custom loop (see :mod:`unet_tf.distribute`); only the chief
             writes the model folder.
+        plan: the :class:`~unet_tf.planner.Plan` (or its dict) that chose ``config``, stored
+            under ``plan`` in ``config.json``.
 
     Returns:
         The best Keras model (lowest validation loss, or training loss without validation);
@@ -127,7 +130,8 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty folder
         distribution = {"strategy": config.strategy, "tf_strategy": type(strategy).__name__,
                         "replicas": replicas, "global_batch": config.batch_size * replicas}
-        write_config(out, config, summary, distribution)
+        write_config(out, config, summary, distribution,
+                     plan.to_dict() if hasattr(plan, "to_dict") else plan)
 
     policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:  # float16 compute; build_unet keeps the logits in float32
@@ -137,7 +141,7 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
             keras.utils.set_random_seed(config.seed)
             model = build_unet((None, None, channels), config.num_classes, config.depth,
                                config.filters, config.dropout, config.upsampling)
-            optimizer = _optimizer(config)
+            optimizer = make_optimizer(config)
         if is_multiworker(strategy):
             _fit_multiworker(model, optimizer, train_data, strategy, config, out, chief, verbose)
         else:

@@ -18,7 +18,7 @@ from pathlib import Path
 from .metrics import evaluate as evaluate_image
 from .model_folder import load_model_folder
 from .postprocess import label_image
-from .tiling import predict_tiled, tile_count
+from .tiling import predict_tiled, tile_count, tile_for
 
 
 class UNet:
@@ -71,15 +71,16 @@ class UNet:
     def normalization(self):
         return self.config["normalization"]
 
-    @property
-    def tile_size(self):
-        """The tile prediction uses unless told otherwise."""
-        return self.config["tile_size"]
+    def tile_size(self, image_shape, batch_size=4):
+        """The tile :meth:`predict` uses for an image of ``image_shape`` when none is given:
+        the largest that fits the memory budget (the training tile plays no part)."""
+        return tile_for(self.model, image_shape, batch_size)
 
-    def tile_count(self, image_shape, tile_size=None):
+    def tile_count(self, image_shape, tile_size=None, batch_size=4):
         """How many tiles :meth:`predict` runs for an image of ``image_shape``."""
         a = self.config["architecture"]
-        return tile_count(image_shape, tile_size or self.tile_size, a["depth"], a["upsampling"])
+        tile_size = tile_size or self.tile_size(image_shape, batch_size)
+        return tile_count(image_shape, tile_size, a["depth"], a["upsampling"])
 
     # ----------------------------------------------------------------------- inference
 
@@ -91,16 +92,16 @@ class UNet:
             image: uint8/uint16/float ``YX`` or ``YXC``, raw (normalised here).
             output: ``"probabilities"`` ``(H, W, K)`` float32, ``"logits"`` or ``"labels"``
                 (class ids, ``(H, W)`` int32).
-            tile_size: override the folder's tile (any valid size gives the same result).
+            tile_size: a valid tile; default the largest that fits memory (any valid size gives
+                the same result, up to float rounding).
             batch_size: tiles per forward pass.
             progress: a ``keras.utils.Progbar`` or ``True`` for a new one.
 
         Returns:
             The array :func:`unet_tf.predict_tiled` returns.
         """
-        return predict_tiled(self.model, image, tile_size=tile_size or self.tile_size,
-                             batch_size=batch_size, output=output, progress=progress,
-                             normalization=self.normalization)
+        return predict_tiled(self.model, image, tile_size=tile_size, batch_size=batch_size,
+                             output=output, progress=progress, normalization=self.normalization)
 
     def postprocess(self, probabilities):
         """Labels from :meth:`predict`'s probabilities ``(H, W, K)``: instance labels

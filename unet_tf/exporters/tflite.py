@@ -26,10 +26,23 @@ from ..io import check_writable, list_images, read_frames, write_atomically
 from ..model import build_unet
 from ..model_folder import load_model_folder, read_config
 from ..sizes import check_input_size, output_size, size_rule
-from ..tiling import tile_stride
+from ..tiling import inference_tile_size, tile_stride
 from .common import CALIBRATION_TILES, CHECK_TILES, check_target, export_dir
 
 KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
+# A TFLite model has one fixed tile. Devices have little memory, so the default is the largest
+# tile whose activations fit DEVICE_MEMORY, and no larger than a 1024^2 frame needs.
+DEVICE_MEMORY = 256 * 2 ** 20
+DEVICE_FRAME = (1024, 1024)
+
+
+def device_tile_size(config):
+    """``(tile, why)``: the default TFLite tile of a model folder, and the reason (sidecar)."""
+    a = config["architecture"]
+    tile = inference_tile_size(DEVICE_FRAME, a["depth"], a["upsampling"], a["filters"],
+                               a["channels"], a["num_classes"], 1, DEVICE_MEMORY)
+    return tile, (f"largest tile whose activations fit {DEVICE_MEMORY // 2 ** 20} MiB and no "
+                  f"larger than a {DEVICE_FRAME[0]}x{DEVICE_FRAME[1]} frame needs")
 
 
 def tflite_path(model_dir, kind):
@@ -112,7 +125,7 @@ def _quantization(detail):
             "scale": float(scale), "zero_point": int(zero)}
 
 
-def tflite_metadata(model_bytes, config, tile_size, kind, check):
+def tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice="given"):
     """The JSON sidecar of a ``.tflite`` export: all a runtime needs, nothing TF-specific."""
     from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_content=model_bytes)
@@ -120,7 +133,8 @@ def tflite_metadata(model_bytes, config, tile_size, kind, check):
     return {
         "format": "unet-tf tflite", "format_version": 1, "unet_tf_version": __version__,
         "kind": kind, "tflite_sha256": hashlib.sha256(model_bytes).hexdigest(),
-        "tile_size": tile_size, "output_size": output_size(tile_size, a["depth"], a["upsampling"]),
+        "tile_size": tile_size, "tile_choice": tile_choice,
+        "output_size": output_size(tile_size, a["depth"], a["upsampling"]),
         "pooling_period": size_rule(a["depth"], a["upsampling"])[1],
         "depth": a["depth"], "upsampling": a["upsampling"], "channels": a["channels"],
         "num_classes": a["num_classes"], "class_names": config.get("class_names"),
@@ -165,7 +179,7 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
     Args:
         model_dir: a model folder.
         kind: ``"float32"``, ``"fp16"`` or ``"int8"``.
-        tile_size: the tile (a valid size). Default: the training tile.
+        tile_size: the tile (a valid size). Default: :func:`device_tile_size`.
         calibration_images: int8 only: a folder or a list of ``YX``/``YXC`` arrays like the
             training data. Default: the training images folder recorded in ``config.json``.
         overwrite: replace an earlier export of the same kind.
@@ -177,7 +191,9 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
     folder = export_dir(model_dir)
     check_writable(folder, "export folder")
     a = config["architecture"]
-    tile_size = tile_size or config["tile_size"]
+    tile_choice = "given"
+    if tile_size is None:
+        tile_size, tile_choice = device_tile_size(config)
     check_input_size(tile_size, a["depth"], a["upsampling"])
     tile_stride(tile_size, a["depth"], a["upsampling"])  # refuses tiles that cannot line up
     target = tflite_path(model_dir, kind)
@@ -191,7 +207,7 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
         rng = np.random.default_rng(0)  # float exports: any input shows agreement
         tiles = rng.random((CHECK_TILES, 1, tile_size, tile_size, a["channels"]), np.float32)
     check = agreement(model, model_bytes, tiles[:CHECK_TILES])
-    metadata = tflite_metadata(model_bytes, config, tile_size, kind, check)
+    metadata = tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice)
 
     folder.mkdir(exist_ok=True)
     # Sidecar first: should the second rename never happen, the sidecar's SHA-256 no longer
