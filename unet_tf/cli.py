@@ -18,6 +18,7 @@ from .demo import DEMO_BUDGET
 from .planner import format_duration
 from .exporters import FORMATS as EXPORT_FORMATS
 from .sizes import UPSAMPLING_MODES
+from .tiling import BATCH_SIZE
 
 PROG = "unet-tf"
 COMMANDS = ("demo", "plan", "train", "predict", "evaluate", "export", "check-edgetpu", "sizes", "summary")
@@ -357,7 +358,8 @@ def _add_predict(subparsers):
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument("--tile-size", type=int, help="input tile (default: the largest that fits "
                    "memory; the result is the same for any valid tile)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (4)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="tiles per forward pass (%(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from .metrics import evaluate as evaluate_image
 from .model_folder import load_model_folder
 from .postprocess import label_image
-from .tiling import predict_tiled, tile_count, tile_for
+from .tiling import BATCH_SIZE, predict_tiled, tile_count, tile_for
 
 
 class UNet:
@@ -71,12 +71,12 @@ class UNet:
     def normalization(self):
         return self.config["normalization"]
 
-    def tile_size(self, image_shape, batch_size=4):
+    def tile_size(self, image_shape, batch_size=BATCH_SIZE):
         """The tile :meth:`predict` uses for an image of ``image_shape`` when none is given:
         the largest that fits the memory budget (the training tile plays no part)."""
         return tile_for(self.model, image_shape, batch_size)
 
-    def tile_count(self, image_shape, tile_size=None, batch_size=4):
+    def tile_count(self, image_shape, tile_size=None, batch_size=BATCH_SIZE):
         """How many tiles :meth:`predict` runs for an image of ``image_shape``."""
         a = self.config["architecture"]
         tile_size = tile_size or self.tile_size(image_shape, batch_size)
@@ -84,7 +84,7 @@ class UNet:
 
     # ----------------------------------------------------------------------- inference
 
-    def predict(self, image, output="probabilities", tile_size=None, batch_size=4,
+    def predict(self, image, output="probabilities", tile_size=None, batch_size=BATCH_SIZE,
                 progress=False):
         """Overlap-tile prediction of a whole ``YX``/``YXC`` image with the folder's settings.
 
