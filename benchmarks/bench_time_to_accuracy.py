@@ -1,7 +1,7 @@
 """Held-out accuracy against training time: the planner at a few budgets, the paper preset for
 the same time, and the hand recipe the README used to give for CPUs.
 
-    python benchmarks/bench_time_to_accuracy.py [--hela DIR] [--budgets 2m 10m] [--quick]
+    python benchmarks/bench_time_to_accuracy.py [--hela DIR] [--budgets 2m 10m] [--paper]
 
 Data (real, never downloaded at run time):
 - the bundled DSB2018 sample: left three quarters train, the right quarter is the test;
@@ -67,7 +67,7 @@ def run(name, config, train, test, plan=None):
     return {"seconds": seconds, "iou": iou, "f1": f1, "mean_ap": ap}
 
 
-def benchmark(label, data, budgets, paper, root):
+def benchmark(label, data, budgets, paper, root, recipe=True):
     train, test = data
     print(f"\n{label}: {len(train[0])} training / {len(test[0])} test images")
     print(f"{'run':<34} {'training':>10} {'IoU':>10} {'F1@0.5':>8} {'mAP':>8}")
@@ -76,6 +76,8 @@ def benchmark(label, data, budgets, paper, root):
         plan = make_plan(*train, budget)
         config = plan.config(out=str(root / f"{label}-plan-{budget}"))
         results[f"plan {budget}"] = run(f"planner, budget {budget}", config, train, test, plan)
+    if not recipe:
+        return results
     config = TrainConfig(out=str(root / f"{label}-recipe"), **HAND_RECIPE)
     results["recipe"] = run("hand recipe (former README)", config, train, test)
     if paper:
@@ -99,15 +101,16 @@ def main():
     parser.add_argument("--hela", help="folder holding the Fluo_Hela_02 files (see docstring)")
     parser.add_argument("--budgets", nargs="+", default=["2m", "5m", "10m"])
     parser.add_argument("--paper", action="store_true", help="also the paper preset (slow)")
-    parser.add_argument("--quick", action="store_true", help="bundled sample only, budget 80s")
+    parser.add_argument("--skip-sample", action="store_true", help="only the Fluo-HeLa set")
+    parser.add_argument("--planner-only", action="store_true", help="no hand recipe, no paper")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        if args.quick:
-            benchmark("sample", sample_set(), ["80s"], False, Path(tmp))
-            return
-        benchmark("sample", sample_set(), args.budgets, args.paper, Path(tmp))
+        if not args.skip_sample:
+            benchmark("sample", sample_set(), args.budgets, args.paper, Path(tmp),
+                      not args.planner_only)
         if args.hela:
-            benchmark("hela", hela_set(args.hela), args.budgets, args.paper, Path(tmp))
+            benchmark("hela", hela_set(args.hela), args.budgets, args.paper, Path(tmp),
+                      not args.planner_only)
 
 
 if __name__ == "__main__":

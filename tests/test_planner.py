@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from unet_tf.io import write_image
-from unet_tf.planner import MIN_STEPS, fingerprint, make_plan, parse_duration
+from unet_tf.planner import MIN_STEPS, fingerprint, make_plan, minimum_budget, parse_duration
 from unet_tf.tiling import inference_tile_size, predict_tiled
 from unet_tf.training import train
 
@@ -94,8 +94,13 @@ def test_a_too_short_budget_names_the_minimum():
     data = [[a] for a in disks(20)]
     with pytest.raises(ValueError, match=r"too short .* use --time-budget \d+m\d+s or more"):
         make_plan(*data, time_budget="30s", machine=CPU, step_timer=fixed_step(0.2))
-    minimum = 15 + MIN_STEPS * 0.2 * 1.15
-    make_plan(*data, time_budget=minimum + 20, machine=CPU, step_timer=fixed_step(0.2))
+    minimum = minimum_budget(0.2)
+    assert minimum == pytest.approx(15 + MIN_STEPS * (0.2 * 1.05 + 0.01))
+    make_plan(*data, time_budget=minimum + 1, machine=CPU, step_timer=fixed_step(0.2))
+    raised = make_plan(*data, time_budget="30s", machine=CPU, step_timer=fixed_step(0.2),
+                       at_least_minimum=True)     # the demo's way: the minimum instead
+    assert raised.time_budget == pytest.approx(minimum, abs=1)
+    assert raised.settings["epochs"] * raised.settings["steps_per_epoch"] >= MIN_STEPS - 10
 
 
 def test_explicit_settings_override_single_choices():
