@@ -95,12 +95,14 @@ def test_a_too_short_budget_names_the_minimum():
     with pytest.raises(ValueError, match=r"too short .* use --time-budget \d+m\d+s or more"):
         make_plan(*data, time_budget="30s", machine=CPU, step_timer=fixed_step(0.2))
     minimum = minimum_budget(0.2)
-    assert minimum == pytest.approx(15 + MIN_STEPS * (0.2 * 1.05 + 0.01))
-    make_plan(*data, time_budget=minimum + 1, machine=CPU, step_timer=fixed_step(0.2))
+    assert minimum == pytest.approx(15 + MIN_STEPS * 0.2 * 1.05 + 5 * 1.0)
+    shortest = make_plan(*data, time_budget=minimum, machine=CPU, step_timer=fixed_step(0.2))
+    assert shortest.settings["epochs"] * shortest.settings["steps_per_epoch"] == MIN_STEPS
     raised = make_plan(*data, time_budget="30s", machine=CPU, step_timer=fixed_step(0.2),
                        at_least_minimum=True)     # the demo's way: the minimum instead
     assert raised.time_budget == pytest.approx(minimum, abs=1)
-    assert raised.settings["epochs"] * raised.settings["steps_per_epoch"] >= MIN_STEPS - 10
+    assert raised.settings["epochs"] * raised.settings["steps_per_epoch"] == MIN_STEPS
+    assert raised.estimated_seconds <= raised.time_budget + 1e-6
 
 
 def test_explicit_settings_override_single_choices():

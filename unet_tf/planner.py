@@ -35,6 +35,7 @@ from .weightmaps import as_instances
 
 DEFAULT_BUDGET = {"cpu": 600.0, "gpu": 1800.0}   # seconds: 10 min on a laptop, 30 on a GPU
 MIN_STEPS = 250            # fewer steps than this gave no useful model in any of our runs
+MIN_EPOCHS = 5             # checkpoints to choose the best model from
 TIMED_STEPS = 4            # training steps timed on this machine (after 2 warm-up steps)
 PIPELINE_FACTOR = 1.05     # the input pipeline shares the CPU (measured on 2 cores: ~1.0)
 EPOCH_SECONDS = 1.0        # checkpoint, history, TensorBoard per epoch
@@ -263,29 +264,34 @@ def _training(fp):
     return settings, reasons
 
 
+def _costs(step_seconds, validation_tiles):
+    """Seconds per training step (input pipeline included) and per epoch's end (validation
+    forward passes, ~1/3 of a step per batch, and the checkpoint)."""
+    return (step_seconds * PIPELINE_FACTOR,
+            EPOCH_SECONDS + validation_tiles * step_seconds / 3)
+
+
 def minimum_budget(step_seconds, validation_tiles=0):
-    """Seconds for :data:`MIN_STEPS` steps of ``step_seconds``, set-up included."""
-    per_epoch = EPOCH_SECONDS + validation_tiles * step_seconds / 3
-    return SETUP_SECONDS + MIN_STEPS * (step_seconds * PIPELINE_FACTOR + per_epoch / 100)
+    """Seconds for the shortest useful run: :data:`MIN_EPOCHS` epochs of
+    :data:`MIN_STEPS` steps in all, set-up included."""
+    per_step, per_epoch = _costs(step_seconds, validation_tiles)
+    return SETUP_SECONDS + MIN_STEPS * per_step + MIN_EPOCHS * per_epoch
 
 
 def _steps(budget, step_seconds, validation_tiles):
     """``(epochs, steps_per_epoch, estimated_seconds)`` filling ``budget``, or a
     ``ValueError`` naming the minimum budget that works."""
-    per_step = step_seconds * PIPELINE_FACTOR
-    per_epoch = EPOCH_SECONDS + validation_tiles * step_seconds / 3  # forward ~ 1/3 of a step
     minimum = minimum_budget(step_seconds, validation_tiles)
     if budget < minimum:
         raise ValueError(f"a time budget of {format_duration(budget)} is too short for a useful "
                          f"model on this machine ({step_seconds:.2f} s per training step, "
                          f"{MIN_STEPS} steps at least): use --time-budget "
                          f"{format_duration(math.ceil(minimum / 10) * 10)} or more")
-    steps_per_epoch = 100
-    total = int((budget - SETUP_SECONDS) / (per_step + per_epoch / steps_per_epoch))
-    epochs = max(1, total // steps_per_epoch)
-    if epochs < 5:  # short runs: smaller epochs, so the best checkpoint is still chosen
-        steps_per_epoch = max(10, total // 5)
-        epochs = total // steps_per_epoch
+    per_step, per_epoch = _costs(step_seconds, validation_tiles)
+    for steps_per_epoch in (100, MIN_STEPS // MIN_EPOCHS):   # at least MIN_EPOCHS checkpoints
+        epochs = int((budget - SETUP_SECONDS) / (steps_per_epoch * per_step + per_epoch) + 1e-9)
+        if epochs >= MIN_EPOCHS:
+            break
     estimate = SETUP_SECONDS + epochs * (steps_per_epoch * per_step + per_epoch)
     return epochs, steps_per_epoch, estimate
 
@@ -339,8 +345,7 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
     pixels = np.mean([s[0] * s[1] for s in (fp["shape_min"], fp["shape_max"])])
     tiles = val_images * math.ceil(pixels / out ** 2) / config.batch_size
     if at_least_minimum:
-        budget = plan.time_budget = max(budget, math.ceil(minimum_budget(plan.step_seconds,
-                                                                         tiles)))
+        budget = plan.time_budget = max(budget, minimum_budget(plan.step_seconds, tiles))
     epochs, steps, plan.estimated_seconds = _steps(budget, plan.step_seconds, tiles)
     settings["epochs"], settings["steps_per_epoch"] = epochs, steps
     reasons["epochs"] = (f"{epochs * steps} steps of {plan.step_seconds:.3f} s (timed here) fill "
