@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from unet_tf.exporters.tflite import device_tile_size
 from unet_tf.io import write_image
 
 
@@ -66,7 +67,9 @@ def test_export_int8_calibrates_on_the_training_images_and_says_how_it_agrees(wo
     assert result.stderr == ""                     # the converter's native chatter is kept off
     assert "model_int8.tflite" in result.stdout and "same label" in result.stdout
     meta = json.loads((workspace / "model" / "export" / "model_int8.json").read_text())
-    assert meta["kind"] == "int8" and meta["tile_size"] == 124
+    config = json.loads((workspace / "model" / "config.json").read_text())
+    assert meta["kind"] == "int8" and (meta["tile_size"], meta["tile_choice"]) == \
+        device_tile_size(config)        # the device's tile, not the training tile (124)
     again = run_cli("export", workspace / "model", "--format", "tflite-int8")
     assert again.returncode == 2 and "--overwrite" in again.stderr
 

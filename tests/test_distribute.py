@@ -98,7 +98,8 @@ def test_two_workers_on_localhost_train_in_step_and_only_the_chief_writes(tmp_pa
             [sys.executable, "-m", "unet_tf.cli", "train", "--images", str(tmp_path / "images"),
              "--masks", str(tmp_path / "masks"), "--out", str(tmp_path / f"out{index}"),
              "--tile-size", "188", "--depth", "4", "--filters", "4", "--epochs", "3",
-             "--steps-per-epoch", "2", "--val-split", "0", "--strategy", "multiworker"],
+             "--steps-per-epoch", "2", "--batch-size", "1", "--val-split", "0",
+             "--strategy", "multiworker"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=600) for p in processes]
     for process, (out, err) in zip(processes, outputs):

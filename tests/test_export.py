@@ -30,7 +30,7 @@ def folder(trained_folder, tmp_path_factory):
     copy = tmp_path_factory.mktemp("export") / "model"
     shutil.copytree(trained_folder, copy, ignore=shutil.ignore_patterns("export"))
     for format in ("savedmodel", "tflite", "tflite-fp16", "tflite-int8"):
-        export_model(copy, format)
+        export_model(copy, format, tile_size=188 if format != "savedmodel" else None)
     return copy
 
 

@@ -19,6 +19,9 @@ import numpy as np
 from . import tflite
 
 OPS_FILE = Path(__file__).with_name("edgetpu_ops.json")
+# Activations beyond the ~8 MB on-chip SRAM stream through the host's memory: the default tile
+# stays small (about the edge preset's 252 tile, 75 MiB).
+EDGETPU_MEMORY = 80 * 2 ** 20
 QUANTIZED = ("INT8", "UINT8")
 
 
@@ -200,7 +203,8 @@ def export_edgetpu(model_dir, tile_size=None, calibration_images=None, overwrite
             raise FileExistsError(f"{target} was exported with tile {exported}, not {tile_size} "
                                   "(use --overwrite / overwrite=True to export it again)")
     else:
-        tflite.export(model_dir, "int8", tile_size, calibration_images, overwrite)
+        tflite.export(model_dir, "int8", tile_size, calibration_images, overwrite,
+                      device_memory=EDGETPU_MEMORY)
     report = check_tflite(target)
     compiled = compile_model(target, target.parent)
     return EdgeTPUExport(target, report, *(compiled or (None, None)))

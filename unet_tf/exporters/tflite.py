@@ -36,12 +36,12 @@ DEVICE_MEMORY = 256 * 2 ** 20
 DEVICE_FRAME = (1024, 1024)
 
 
-def device_tile_size(config):
+def device_tile_size(config, memory=DEVICE_MEMORY):
     """``(tile, why)``: the default TFLite tile of a model folder, and the reason (sidecar)."""
     a = config["architecture"]
     tile = inference_tile_size(DEVICE_FRAME, a["depth"], a["upsampling"], a["filters"],
-                               a["channels"], a["num_classes"], 1, DEVICE_MEMORY)
-    return tile, (f"largest tile whose activations fit {DEVICE_MEMORY // 2 ** 20} MiB and no "
+                               a["channels"], a["num_classes"], 1, memory)
+    return tile, (f"largest tile whose activations fit {memory // 2 ** 20} MiB and no "
                   f"larger than a {DEVICE_FRAME[0]}x{DEVICE_FRAME[1]} frame needs")
 
 
@@ -173,7 +173,7 @@ def calibration_images_for(config, calibration_images):
 
 
 def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
-           overwrite=False):
+           overwrite=False, device_memory=DEVICE_MEMORY):
     """Write ``MODEL_DIR/export/model_<kind>.tflite`` and its ``.json`` sidecar.
 
     Args:
@@ -183,6 +183,7 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
         calibration_images: int8 only: a folder or a list of ``YX``/``YXC`` arrays like the
             training data. Default: the training images folder recorded in ``config.json``.
         overwrite: replace an earlier export of the same kind.
+        device_memory: bytes of activations the default tile may take.
 
     Returns:
         The path of the ``.tflite`` file.
@@ -193,7 +194,7 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
     a = config["architecture"]
     tile_choice = "given"
     if tile_size is None:
-        tile_size, tile_choice = device_tile_size(config)
+        tile_size, tile_choice = device_tile_size(config, device_memory)
     check_input_size(tile_size, a["depth"], a["upsampling"])
     tile_stride(tile_size, a["depth"], a["upsampling"])  # refuses tiles that cannot line up
     target = tflite_path(model_dir, kind)
