@@ -292,3 +292,48 @@ def test_the_same_seed_gives_the_same_stream_and_first_epoch_loss(tmp_path, samp
         unet_tf.train(config, [image], [instances], verbose=0)
         losses.append((tmp_path / f"run{run}" / "history.csv").read_text().splitlines()[1])
     assert losses[0] == losses[1]
+
+
+def test_a_diverging_run_stops_with_exit_2_and_a_hint(ws, tmp_path, capsys):
+    out = tmp_path / "diverged"
+    code = cli.main([a.format(ws=ws) for a in train_with(
+        out=str(out), optimizer="sgd", lr="1e4", epochs="3", steps_per_epoch="3",
+        batch_size="2")] + ["--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert __import__("re").match(r"unet-tf: error: training diverged: the loss became (nan|inf)",
+                                  err) and err.count("\n") == 1, err
+    assert "lower the learning rate (it was 10000 with sgd; try 1000" in err
+    assert "no model was saved" in err and not (out / "model.keras").exists()
+    assert len(_history(out)) <= 1                   # it stopped in the first epoch
+
+
+class _Stub:
+    stop_training = False
+
+    def save(self, path):
+        Path(path).write_text("saved")
+
+
+def test_the_guard_stops_an_explosion_and_keeps_the_last_good_model(tmp_path):
+    from unet_tf.callbacks import BestModelCheckpoint, DivergenceGuard
+    model, guard = _Stub(), DivergenceGuard()
+    checkpoint = BestModelCheckpoint(tmp_path / "model.keras", "val_loss", guard=guard)
+    for callback in (guard, checkpoint):
+        callback.set_model(model)
+    epochs = [{"loss": 0.6, "val_loss": 0.5}, {"loss": 0.4, "val_loss": 0.3},
+              {"loss": 0.5, "val_loss": 2.0}, {"loss": 3e3, "val_loss": 1e15}]
+    for epoch, logs in enumerate(epochs):
+        guard.on_epoch_begin(epoch)
+        for callback in (guard, checkpoint):
+            callback.on_epoch_end(epoch, logs)
+        if epoch == 1:
+            (tmp_path / "model.keras").write_text("epoch 2")  # mark the last good save
+    assert model.stop_training
+    assert guard.diverged.startswith("loss exploded to 3e+03 in epoch 4 (lowest so far 0.4)")
+    assert checkpoint.best == 0.3 and (tmp_path / "model.keras").read_text() == "epoch 2"
+    guard = DivergenceGuard()
+    guard.set_model(_Stub())
+    guard.on_epoch_begin(0)
+    guard.on_train_batch_end(4, {"loss": float("nan")})
+    assert guard.diverged == "the loss became nan at step 5 of epoch 1"

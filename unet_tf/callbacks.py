@@ -1,5 +1,5 @@
-"""Keras callbacks of a training run: the atomic best-model checkpoint and TensorBoard
-pictures of the predictions."""
+"""Keras callbacks of a training run: the divergence guard, the atomic best-model checkpoint
+and TensorBoard pictures of the predictions."""
 
 import csv
 from pathlib import Path
@@ -20,15 +20,60 @@ def best_in_history(history, monitor):
     return min(values, default=np.inf)
 
 
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Save the model to ``path`` (atomically) whenever ``monitor`` reaches a new minimum."""
+class TrainingDiverged(ValueError):
+    """The loss became non-finite or exploded; the message says what to change."""
 
-    def __init__(self, path, monitor, history=None):
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stop training when the loss is not finite (checked every step) or when an epoch's
+    ``loss``/``val_loss`` exceeds ``factor`` times its lowest value so far (an explosion that
+    stays finite, e.g. a validation loss of 1e15). :attr:`diverged` then says what happened;
+    :func:`unet_tf.train` raises :class:`TrainingDiverged` with it after ``fit`` returns."""
+
+    def __init__(self, factor=1e3):
         super().__init__()
-        self.path, self.monitor = Path(path), monitor
+        self.factor, self.diverged, self.lowest = factor, None, {}
+
+    def _stop(self, message):
+        self.diverged = message
+        self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)) and self.diverged is None:
+            self._stop(f"the loss became {float(loss)} at step {batch + 1} of epoch "
+                       f"{self.epoch + 1}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name in ("loss", "val_loss"):
+            value = (logs or {}).get(name)
+            if value is None or self.diverged is not None:
+                continue
+            value, lowest = float(value), self.lowest.get(name, np.inf)
+            if not np.isfinite(value):
+                self._stop(f"{name} became {value} in epoch {epoch + 1}")
+            elif value > self.factor * lowest:
+                self._stop(f"{name} exploded to {value:.3g} in epoch {epoch + 1} (lowest so far "
+                           f"{lowest:.3g})")
+            else:
+                self.lowest[name] = min(lowest, value)
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Save the model to ``path`` (atomically) whenever ``monitor`` reaches a new minimum,
+    unless ``guard`` (a :class:`DivergenceGuard` run before it) saw the epoch diverge."""
+
+    def __init__(self, path, monitor, history=None, guard=None):
+        super().__init__()
+        self.path, self.monitor, self.guard = Path(path), monitor, guard
         self.best = best_in_history(history, monitor)  # a resumed run keeps its best
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.guard is not None and self.guard.diverged:
+            return
         value = (logs or {}).get(self.monitor)
         if value is not None and value < self.best:
             self.best = value

@@ -114,6 +114,8 @@ def fit_custom_loop(model, optimizer, dataset, strategy, epochs, steps_per_epoch
         if verbose:
             print(f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f}", flush=True)
         on_epoch_end(epoch, logs)
+        if getattr(model, "stop_training", False):  # e.g. the divergence guard
+            break
 
 
 class Backup:

@@ -9,7 +9,8 @@ import keras
 import numpy as np
 
 from .augment import Augmentation
-from .callbacks import BestModelCheckpoint, PredictionImages, best_in_history
+from .callbacks import (BestModelCheckpoint, DivergenceGuard, PredictionImages, TrainingDiverged,
+                        best_in_history)
 from .data import class_labels, make_dataset
 from .distribute import (Backup, fit_custom_loop, is_chief, is_multiworker, make_strategy,
                          writable_path)
@@ -142,23 +143,37 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
             model = build_unet((None, None, channels), config.num_classes, config.depth,
                                config.filters, config.dropout, config.upsampling)
             optimizer = make_optimizer(config)
+        guard = DivergenceGuard()
         if is_multiworker(strategy):
-            _fit_multiworker(model, optimizer, train_data, strategy, config, out, chief, verbose)
+            _fit_multiworker(model, optimizer, train_data, strategy, config, out, chief, verbose,
+                             guard)
         else:
-            _fit_keras(model, optimizer, train_data, val_data, strategy, config, out, callbacks,
-                       verbose)
+            _fit_keras(model, optimizer, train_data, val_data, strategy, config, out,
+                       [guard, *callbacks], verbose)
     finally:
         keras.mixed_precision.set_global_policy(policy)
+    if guard.diverged:
+        raise TrainingDiverged(_divergence_message(guard.diverged, config, out, chief))
     if not chief:
         return model  # the same weights as the chief's; the folder is the chief's to write
-    if not (out / MODEL_FILE).exists():  # e.g. every loss was NaN
+    if not (out / MODEL_FILE).exists():
         raise RuntimeError(f"training produced no finite loss; no model was saved in {out}")
     return keras.saving.load_model(out / MODEL_FILE, compile=False)  # for inference
 
 
+def _divergence_message(what, config, out, chief):
+    """The error of a diverged run: what happened, what to change, what was kept."""
+    kept = ((f"the last good model is kept in {out / MODEL_FILE}" if (out / MODEL_FILE).exists()
+             else "no model was saved") if chief else "the chief keeps the last good model")
+    return (f"training diverged: {what}; lower the learning rate (it was {config.learning_rate:g} "
+            f"with {config.optimizer}; try {config.learning_rate / 10:g}, or leave --lr and "
+            f"--optimizer to the plan); {kept}")
+
+
 def _fit_keras(model, optimizer, train_data, val_data, strategy, config, out, callbacks,
                verbose):
-    """One host: Keras ``fit`` (one device, or ``MirroredStrategy`` over its GPUs)."""
+    """One host: Keras ``fit`` (one device, or ``MirroredStrategy`` over its GPUs).
+    ``callbacks[0]`` is the run's :class:`DivergenceGuard`; the checkpoint heeds it."""
     with strategy.scope():
         model.compile(optimizer, weighted_pixel_loss(),
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
@@ -166,7 +181,7 @@ def _fit_keras(model, optimizer, train_data, val_data, strategy, config, out, ca
     preview = next(iter(val_data if val_data is not None else train_data))
     fit_callbacks = [
         keras.callbacks.BackupAndRestore(str(out / BACKUP_DIR)),
-        BestModelCheckpoint(out / MODEL_FILE, monitor, out / HISTORY_FILE),
+        BestModelCheckpoint(out / MODEL_FILE, monitor, out / HISTORY_FILE, guard=callbacks[0]),
         keras.callbacks.CSVLogger(str(out / HISTORY_FILE), append=True),
         keras.callbacks.TensorBoard(str(out / LOGS_DIR), write_graph=False),
         PredictionImages(out / LOGS_DIR, preview[0][:3], preview[1][:3]),
@@ -174,11 +189,12 @@ def _fit_keras(model, optimizer, train_data, val_data, strategy, config, out, ca
     if config.early_stopping:
         fit_callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=config.early_stopping))
     model.fit(train_data, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-              validation_data=val_data, callbacks=[*fit_callbacks, *callbacks], verbose=verbose,
+              validation_data=val_data, callbacks=[callbacks[0], *fit_callbacks, *callbacks[1:]],
+              verbose=verbose,
               shuffle=False)  # the dataset shuffles itself, reproducibly
 
 
-def _fit_multiworker(model, optimizer, train_data, strategy, config, out, chief, verbose):
+def _fit_multiworker(model, optimizer, train_data, strategy, config, out, chief, verbose, guard):
     """Many hosts: the custom loop. It monitors the all-reduced training loss, which every
     worker sees alike, so all take the same save decisions (saving is collective). Validation
     images are therefore trained on rather than left idle."""
@@ -192,6 +208,9 @@ def _fit_multiworker(model, optimizer, train_data, strategy, config, out, chief,
 
     def on_epoch_end(epoch, logs):
         nonlocal best
+        guard.on_epoch_end(epoch, logs)  # every worker sees the same all-reduced loss
+        if guard.diverged:
+            return
         if logs["loss"] < best:
             best = logs["loss"]
             target = writable_path(out / MODEL_FILE, chief)
@@ -205,6 +224,7 @@ def _fit_multiworker(model, optimizer, train_data, strategy, config, out, chief,
                 f"{lines}{epoch},{logs['loss']}\n"))
         backup.save(epoch + 1)
 
+    guard.set_model(model)
     fit_custom_loop(model, optimizer, train_data, strategy, config.epochs, config.steps_per_epoch,
                     on_epoch_end, initial_epoch=start, verbose=verbose not in (0, False))
     backup.finish()
