@@ -13,7 +13,8 @@ The model's JSON sidecar (``model_int8.json`` next to ``model_int8.tflite``, wri
 ``unet-tf export``) gives the tile geometry, normalisation and classes. Each image is predicted
 overlap-tile (mirrored context, windows on the pooling grid) exactly like ``unet-tf predict``;
 int8 models get quantised input and dequantised logits. Writes ``NAME.tif``/``NAME.png``: instance
-labels (connected components of the foreground) for two classes, class ids for more.
+labels made by ``instances.py`` (a byte copy of ``unet_tf/instances.py``) with the model
+folder's post-processing settings from the sidecar, or class ids for a multi-class model.
 Exit codes: 0 done, 2 bad input (one line on stderr), 1 anything else.
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from instances import label_instances  # noqa: E402
 from overlap_tile import as_yxc_with, dequantize, predict_tiled, quantize, softmax  # noqa: E402
 
 PROG = "edge_predict"
@@ -70,6 +72,11 @@ class EdgeModel:
             results.append(dequantize(self.interpreter.get_tensor(self.output["index"])[0],
                                       self.output))
         return np.stack(results)
+
+    def segment(self, image):
+        """What ``unet-tf predict`` writes for a ``YX``/``YXC`` image: instance labels, or class
+        ids (uint8) for a multi-class model."""
+        return labels_from(self.predict(image, "probabilities"), self.meta)
 
     def predict(self, image, output="labels"):
         """``"logits"``/``"probabilities"`` ``(H, W, K)`` or class ``"labels"`` ``(H, W)`` int32
@@ -125,15 +132,16 @@ def read_image(path):
     return image
 
 
-def instance_labels(class_labels, num_classes):
-    """What ``unet-tf predict`` writes: connected components (4-neighbours) of the foreground
-    for two classes, class ids for more."""
-    if num_classes > 2:
-        return class_labels.astype(np.uint8 if num_classes <= 256 else np.uint16)
-    import cv2
-    count, instances = cv2.connectedComponents((class_labels > 0).astype(np.uint8), connectivity=4,
-                                               ltype=cv2.CV_32S)
-    return instances.astype(np.uint16 if count <= 2 ** 16 else np.int32)
+def labels_from(probabilities, meta):
+    """Labels from probabilities ``(H, W, K)`` as ``unet_tf.postprocess.label_image`` makes
+    them; sidecars from before post-processing was stored mean connected components of the
+    foreground (2 classes) or class ids."""
+    settings = meta.get("postprocessing") or (
+        {"target": "classes"} if meta["num_classes"] > 2 else {})
+    if settings.get("target") == "classes":
+        return probabilities.argmax(-1).astype(np.uint8 if probabilities.shape[-1] <= 256
+                                               else np.uint16)
+    return label_instances(probabilities, settings)
 
 
 def write_labels(path, labels):
@@ -191,7 +199,7 @@ def main(argv=None):
         model = EdgeModel(args.model, args.metadata, args.delegate, args.threads)
         out.mkdir(parents=True, exist_ok=True)
         for source, target in zip(files, targets):
-            labels = instance_labels(model.predict(read_image(source)), model.meta["num_classes"])
+            labels = model.segment(read_image(source))
             write_labels(target, labels)
             print(f"{source} -> {target}")
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:

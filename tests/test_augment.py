@@ -72,11 +72,32 @@ def test_flip_rotate_is_a_shared_dihedral_transform():
 
 
 def test_intensity_variation_changes_values_not_shape():
-    image = np.random.default_rng(0).uniform(0, 1, (20, 20, 1)).astype(np.float32)
-    out = vary_intensity(image, np.random.default_rng(1))
-    assert out.shape == image.shape and out.dtype == np.float32
-    assert not np.allclose(out, image)
-    assert np.corrcoef(out.ravel(), image.ravel())[0, 1] > 0.95
+    image = np.zeros((40, 40, 1), np.float32)
+    image[5:15, 5:15] = image[25:35, 20:30] = 1.0     # objects: blur keeps them, unlike pixel noise
+    for seed in range(20):
+        out = vary_intensity(image, np.random.default_rng(seed))
+        assert out.shape == image.shape and out.dtype == np.float32
+        assert not np.allclose(out, image)
+        assert np.corrcoef(out.ravel(), image.ravel())[0, 1] > 0.5   # the picture survives
+    off = dict(brightness=0, contrast=0, gamma=0, field=0, blur=0, noise=0)
+    np.testing.assert_array_equal(vary_intensity(image, np.random.default_rng(0), **off), image)
+
+
+def test_the_gain_field_dims_some_objects_and_brightens_others():
+    """Objects of equal brightness come out unequal, the background stays put: the variation
+    that per-image normalisation cannot undo."""
+    image = np.zeros((96, 96, 1), np.float32)
+    centres = [(y, x) for y in (16, 48, 80) for x in (16, 48, 80)]
+    for y, x in centres:
+        image[y - 4:y + 4, x - 4:x + 4] = 1.0
+    only_field = dict(brightness=0, contrast=0, gamma=0, blur=0, noise=0, field=0.4)
+    spreads = []
+    for seed in range(10):
+        out = vary_intensity(image, np.random.default_rng(seed), **only_field)
+        np.testing.assert_array_equal(out[image == 0], 0)
+        levels = [out[y, x, 0] for y, x in centres]
+        spreads.append(max(levels) / min(levels))
+    assert np.median(spreads) > 1.5
 
 
 def test_augmentation_switches(pair):

@@ -101,13 +101,14 @@ def test_no_private_names_cross_modules():
                 assert not private, f"{path.name} imports private {private} from {node.module}"
 
 
-def test_the_kit_carries_an_exact_copy_of_the_tiling_code():
-    kit = REPO / "export" / "overlap_tile.py"
-    assert kit.read_bytes() == (PACKAGE / "overlap_tile.py").read_bytes(), (
-        "export/overlap_tile.py differs from unet_tf/overlap_tile.py: "
-        "cp unet_tf/overlap_tile.py export/overlap_tile.py")
+@pytest.mark.parametrize("name", ["overlap_tile.py", "instances.py"])
+def test_the_kit_carries_an_exact_copy_of_the_tiling_and_instance_code(name):
+    kit = REPO / "export" / name
+    assert kit.read_bytes() == (PACKAGE / name).read_bytes(), (
+        f"export/{name} differs from unet_tf/{name}: cp unet_tf/{name} export/{name}")
     source = kit.read_text()
     assert "import unet_tf" not in source and "from unet_tf" not in source and "from ." not in source
+    assert "scipy" not in source and "tensorflow" not in source
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.uint8])

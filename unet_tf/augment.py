@@ -1,4 +1,5 @@
-"""Data augmentation as in the paper: elastic deformation, plus flips/rotations and gray values.
+"""Data augmentation as in the paper: elastic deformation, plus flips/rotations and gray values
+(gamma, uneven gain, contrast, brightness, blur, noise).
 
 Shifts come from the random tile positions of the input pipeline (``unet_tf.data``).
 """
@@ -110,20 +111,37 @@ def flip_rotate(arrays, rng):
     return out
 
 
-def vary_intensity(image, rng, brightness=0.1, contrast=0.2, gamma=0.2):
-    """Random gray-value change of a normalised float image: gamma, then contrast/brightness.
+def vary_intensity(image, rng, brightness=0.1, contrast=0.5, gamma=0.4, field=0.4, blur=1.0,
+                   noise=0.05):
+    """Random gray-value change of a normalised float ``YXC`` image, as real images vary
+    (the paper's "gray value variations"; 0 switches a part off):
 
-    Gamma ``exp(U(-gamma, gamma))`` acts on the image rescaled to [0, 1] by its own min/max;
-    contrast multiplies by ``1 + U(-contrast, contrast)``; brightness adds ``U(-b, b)``.
+    - gamma ``exp(U(-gamma, gamma))`` on the image rescaled to [0, 1] by its own min/max;
+    - a smooth gain field ``exp(N(0, field))`` (4 x 4 control points, bicubic) multiplying the
+      signal above the tile's minimum: uneven staining or illumination, some objects dim and
+      others bright in one tile (a global change is undone by per-image normalisation, a local
+      one is not);
+    - contrast ``1 + U(-contrast, contrast)`` and brightness ``U(-brightness, brightness)``;
+    - half the time a Gaussian blur of ``U(0, blur)`` px (focus), half the time Gaussian noise
+      of std ``U(0, noise)``.
     """
     image = np.asarray(image, np.float32)
     lo, hi = float(image.min()), float(image.max())
     if gamma and hi > lo:
         g = np.float32(np.exp(rng.uniform(-gamma, gamma)))
         image = lo + (hi - lo) * ((image - lo) / (hi - lo)) ** g
+    if field:
+        coarse = np.exp(rng.normal(0.0, field, (4, 4))).astype(np.float32)
+        gain = cv2.resize(coarse, image.shape[1::-1], interpolation=cv2.INTER_CUBIC)
+        image = lo + (image - lo) * np.maximum(gain, 0.05)[..., None]
     scale = np.float32(1.0 + rng.uniform(-contrast, contrast))
     shift = np.float32(rng.uniform(-brightness, brightness))
-    return (image * scale + shift).astype(np.float32)
+    image = image * scale + shift
+    if blur and rng.random() < 0.5:
+        image = cv2.GaussianBlur(image, (0, 0), float(rng.uniform(0.1, blur))).reshape(image.shape)
+    if noise and rng.random() < 0.5:
+        image = image + rng.normal(0.0, rng.uniform(0, noise), image.shape).astype(np.float32)
+    return image.astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -133,10 +151,13 @@ class Augmentation:
     grid: int = 3
     elastic_sigma: float = 10.0   # std of the displacement vectors, pixels
     flip_rotate: bool = True
-    intensity: bool = True
+    intensity: bool = True        # gray values: see vary_intensity
     brightness: float = 0.1
-    contrast: float = 0.2
-    gamma: float = 0.2
+    contrast: float = 0.5
+    gamma: float = 0.4
+    field: float = 0.4            # std of the log gain of the smooth intensity field
+    blur: float = 1.0             # largest Gaussian blur, pixels
+    noise: float = 0.05           # largest noise std (normalised units)
 
     def margin(self):
         """Extra context (pixels per side) to deform so that tile borders see real image."""
@@ -150,5 +171,6 @@ class Augmentation:
             image, labels, weights = elastic_deform(image, labels, weights, grid=self.grid,
                                                     sigma=self.elastic_sigma, rng=rng)
         if self.intensity:
-            image = vary_intensity(image, rng, self.brightness, self.contrast, self.gamma)
+            image = vary_intensity(image, rng, self.brightness, self.contrast, self.gamma,
+                                   self.field, self.blur, self.noise)
         return image, labels, weights

@@ -119,7 +119,7 @@ TRAIN_OPTIONS = {"tile_size": "tile_size", "depth": "depth", "filters": "filters
                  "optimizer": "optimizer", "lr": "learning_rate", "lr_schedule": "lr_schedule",
                  "val_split": "val_split", "w0": "w0", "border_sigma": "border_sigma",
                  "elastic_sigma": "elastic_sigma", "early_stopping": "early_stopping",
-                 "strategy": "strategy", "seed": "seed"}
+                 "strategy": "strategy", "seed": "seed", "target": "target"}
 
 
 def _given_settings(args):
@@ -132,7 +132,22 @@ def _given_settings(args):
         given["weight_map"] = False
     if args.mixed_precision:
         given["mixed_precision"] = True
+    given.update(_class_settings(args.classes, args.class_names))
     return given
+
+
+def _class_settings(classes, class_names):
+    """--classes / --class-names: masks of class ids, as TrainConfig settings."""
+    if classes is None and class_names is None:
+        return {}
+    names = [n.strip() for n in class_names.split(",")] if class_names else None
+    if names and classes is not None and len(names) != classes:
+        raise ValueError(f"--class-names names {len(names)} classes ({class_names}) but "
+                         f"--classes is {classes}")
+    classes = len(names) if names else classes
+    if classes < 2:
+        raise ValueError(f"--classes must be >= 2 (background and at least one class), got {classes}")
+    return {"target": "classes", "num_classes": classes, **({"class_names": names} if names else {})}
 
 
 def _print_plan(plan, images_dir):
@@ -233,6 +248,15 @@ def _add_train_settings(p):
                    help="constant (paper) or cosine decay to 0 over the run (planned)")
     p.add_argument("--val-split", type=float,
                    help="fraction of whole images held out for validation (planned)")
+    p.add_argument("--target", choices=("foreground", "boundary"),
+                   help="foreground: 2 classes, touching objects split afterwards (the paper); "
+                   "boundary: 3 classes (background, interior, cell boundary), objects grown from "
+                   "the interiors (planned)")
+    p.add_argument("--classes", type=int, metavar="N",
+                   help="masks hold class ids 0..N-1 (0 = background) instead of instances; "
+                   "the output is class ids")
+    p.add_argument("--class-names", metavar="A,B,...",
+                   help="names of the classes, background first (implies --classes)")
     p.add_argument("--w0", type=float, help=f"weight map border weight ({d.w0})")
     p.add_argument("--border-sigma", type=float,
                    help="weight map border width, the paper's sigma, px (planned)")
@@ -258,6 +282,7 @@ def _add_train(subparsers):
         unet-tf train --images data/images --masks data/masks --out my-model --time-budget 30m
         unet-tf train --images data/images --masks data/masks --out my-model --filters 32
         unet-tf train --images data/images --masks data/masks --out paper-model --preset paper
+        unet-tf train --images imgs --masks class_ids --out m --class-names background,nucleus,mitosis
         unet-tf train --config my-model/config.json --out my-model-again   # the same run
         # killed? the same command resumes from the last completed epoch
         """, _cmd_train)
@@ -334,7 +359,7 @@ def _cmd_predict(args):
         bar = _progress_bar(tiles, args.quiet)  # one bar for all frames of a stack
         options = dict(tile_size=args.tile_size, batch_size=args.batch_size, progress=bar or False)
         results = [unet.predict(frame, **options) for frame in frames]
-        masks = [unet.postprocess(r) for r in results]
+        masks = [unet.postprocess(r, **_postprocessing(args)) for r in results]
         stack = lambda arrays: arrays[0] if len(arrays) == 1 else np.stack(arrays)
         write_image(labels_path, stack(masks), overwrite=args.overwrite)
         write_image(labels_path.with_name(f"{source.stem}_overlay.png"),
@@ -356,12 +381,28 @@ def _add_predict(subparsers):
     p.add_argument("--out", required=True, help="folder for label masks (same names as the "
                    "inputs), NAME_overlay.png and NAME_probabilities.tif")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    _add_min_size(p)
     p.add_argument("--tile-size", type=int, help="input tile (default: the largest that fits "
                    "memory; the result is the same for any valid tile)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="tiles per forward pass (%(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_min_size(p):
+    p.add_argument("--min-size", type=int, metavar="PIXELS",
+                   help="drop objects smaller than this (default: the model folder's, tuned on "
+                   "validation images)")
+
+
+def _postprocessing(args):
+    """Post-processing settings given on the command line (they beat the model folder's)."""
+    if args.min_size is None:
+        return {}
+    if args.min_size < 0:
+        raise ValueError(f"--min-size must be >= 0 pixels, got {args.min_size}")
+    return {"min_size": args.min_size}
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -375,7 +416,8 @@ def _cmd_evaluate(args):
     if args.json:
         check_writable(Path(args.json).parent, "--json folder")
     unet = UNet.from_folder(args.model)
-    rows = unet.evaluate(images, masks, names, progress=_progress_verbosity(args.quiet) == 1)
+    rows = unet.evaluate(images, masks, names, progress=_progress_verbosity(args.quiet) == 1,
+                         postprocessing=_postprocessing(args))
     table, mean = metrics_table(rows)
     print(table)
     if args.json:
@@ -393,6 +435,7 @@ def _add_evaluate(subparsers):
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--masks", required=True, help="folder of true masks (same file names)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    _add_min_size(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

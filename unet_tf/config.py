@@ -15,6 +15,12 @@ from .sizes import output_size
 STRATEGIES = ("default", "mirrored", "multiworker")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
+# What the network learns from the masks: "foreground" (2 classes, the paper's; instances by
+# splitting the foreground), "boundary" (3 classes: background, interior, cell boundary drawn
+# around every instance; instances grown from the interiors) or "classes" (the masks hold class
+# ids 0..num_classes-1; the output is class ids).
+TARGETS = ("foreground", "boundary", "classes")
+BOUNDARY_CLASSES = ["background", "interior", "boundary"]
 
 # Named architectures with their training tile. "edge" is for int8 accelerators such as the
 # Coral Edge TPU: resize + conv instead of stride-2 transposed convs (which often fail to map),
@@ -44,8 +50,9 @@ class TrainConfig:
     filters: int = 64
     upsampling: str = "transpose"
     dropout: float = 0.5
+    target: str = "foreground"        # see TARGETS
     num_classes: int = 2
-    class_names: list = dataclasses.field(default_factory=lambda: ["background", "foreground"])
+    class_names: list | None = None   # default: background, foreground / interior, boundary / class_k
     epochs: int = 50
     steps_per_epoch: int = 100
     batch_size: int = 1
@@ -65,6 +72,16 @@ class TrainConfig:
     mixed_precision: bool = False     # mixed_float16 compute (GPUs); logits and loss in float32
     seed: int = 0
     normalization: dict = dataclasses.field(default_factory=lambda: dict(NORMALIZATION))
+
+    def __post_init__(self):
+        if self.target == "foreground" and self.num_classes > 2:
+            self.target = "classes"  # num_classes > 2 has always meant class-id masks
+        if self.target == "boundary":
+            self.num_classes = 3
+        if self.class_names is None:
+            self.class_names = (BOUNDARY_CLASSES if self.target == "boundary" else
+                                ["background", "foreground"] if self.num_classes == 2 else
+                                ["background", *(f"class_{k}" for k in range(1, self.num_classes))])
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -114,6 +131,9 @@ class TrainConfig:
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (0 <= self.val_split < 1, f"val_split must be in [0, 1), got {self.val_split}"),
+            (self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}"),
+            (self.target != "foreground" or self.num_classes == 2,
+             f"the foreground target has 2 classes, got num_classes={self.num_classes}"),
             (self.optimizer in OPTIMIZERS,
              f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
             (self.strategy in STRATEGIES,

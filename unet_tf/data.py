@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 import tensorflow as tf
+from scipy import ndimage as ndi
 
 from .augment import Augmentation
 from .images import NORMALIZATION, check_image, crop_reflect, normalize_with
@@ -19,11 +20,24 @@ from .sizes import output_size
 from .weightmaps import as_instances, check_mask, weight_map as compute_weight_map
 
 
-def class_labels(mask, num_classes=2, name="mask"):
-    """Class ids (int32) from a mask: with 2 classes any non-zero pixel is foreground
-    (instance or binary masks); with more, the mask's values are the class ids."""
+def boundary_labels(instances):
+    """0 background, 1 interior, 2 boundary (int32): the pixels of an instance next to
+    (8-neighbours) a pixel of another instance or of the background."""
+    instances = np.asarray(instances)
+    edge = ((ndi.grey_erosion(instances, size=3, mode="nearest") != instances)
+            | (ndi.grey_dilation(instances, size=3, mode="nearest") != instances))
+    return np.where(instances > 0, np.where(edge, 2, 1), 0).astype(np.int32)
+
+
+def class_labels(mask, num_classes=2, name="mask", target=None):
+    """Class ids (int32) from a mask, for a ``target`` (default: ``"foreground"`` with 2
+    classes, ``"classes"`` with more): foreground, any non-zero pixel (instance or binary
+    masks); boundary, :func:`boundary_labels` of the instances; classes, the mask's values."""
     mask = check_mask(mask, name)
-    if num_classes == 2:
+    target = target or ("foreground" if num_classes == 2 else "classes")
+    if target == "boundary":
+        return boundary_labels(as_instances(mask, name))
+    if target == "foreground":
         return (mask > 0).astype(np.int32)
     values = np.unique(mask)
     if values.max() >= num_classes:
@@ -40,7 +54,7 @@ class _Prepared:
 
 
 def _prepare(images, masks, num_classes, weight_map, w0, border_sigma, class_weights,
-             normalization):
+             normalization, target):
     if len(images) != len(masks):
         raise ValueError(f"got {len(images)} images but {len(masks)} masks")
     if not len(images):
@@ -55,10 +69,10 @@ def _prepare(images, masks, num_classes, weight_map, w0, border_sigma, class_wei
         if channels not in (None, image.shape[2]):
             raise ValueError(f"image {i} has {image.shape[2]} channels, image 0 has {channels}")
         channels = image.shape[2]
-        labels = class_labels(mask, num_classes, f"mask {i}")
+        labels = class_labels(mask, num_classes, f"mask {i}", target)
         if weight_map:
-            weights = compute_weight_map(as_instances(mask, f"mask {i}") if num_classes == 2
-                                         else as_instances(labels > 0), w0, border_sigma,
+            weights = compute_weight_map(as_instances(labels > 0) if target == "classes"
+                                         else as_instances(mask, f"mask {i}"), w0, border_sigma,
                                          class_weights)
         else:
             weights = np.ones(mask.shape, np.float32)
@@ -97,7 +111,8 @@ def validation_windows(shape, out):
 def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=True,
                  weight_map=True, w0=10.0, border_sigma=5.0, shuffle=True, seed=None, repeat=None,
                  num_parallel_calls=tf.data.AUTOTUNE, validation=False, num_classes=2,
-                 upsampling="transpose", class_weights="balanced", normalization=NORMALIZATION):
+                 upsampling="transpose", class_weights="balanced", normalization=NORMALIZATION,
+                 target=None):
     """A ``tf.data.Dataset`` of ``(x, y, w)`` batches for Keras ``fit``.
 
     Args:
@@ -115,6 +130,8 @@ def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=Tr
         repeat: an endless stream; otherwise one tile per image (training) or one pass over
             the tiles (validation). Default: endless for training, one pass for validation.
         validation: fixed tiles that cover each image (no augmentation, no shuffling).
+        target: what ``y`` holds (see :data:`unet_tf.config.TARGETS`); default
+            ``"foreground"`` with 2 classes, ``"classes"`` with more.
 
     Yields ``x`` (B, T, T, C) float32 normalised, ``y`` (B, O, O) int32 class ids and
     ``w`` (B, O, O) float32. Pixels outside an image get weight 0.
@@ -127,8 +144,9 @@ def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=Tr
     if augment is True:
         augment = Augmentation()
     augmentation = None if validation or not augment else augment
+    target = target or ("foreground" if num_classes == 2 else "classes")
     prepared = _prepare(images, masks, num_classes, weight_map, w0, border_sigma, class_weights,
-                        normalization)
+                        normalization, target)
     channels = prepared[0].image.shape[2]
     margin = (tile_size - out) // 2
     seed = int(np.random.SeedSequence(seed).generate_state(1)[0])

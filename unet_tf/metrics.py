@@ -4,7 +4,7 @@ Semantic: IoU per class and of the foreground, pixel error. Segment-level: the I
 error on connected components of the foreground, and instance matching at IoU thresholds
 (precision, recall, F1, the DSB2018 average precision, merged and split cells). Masks from a
 two-class U-Net are turned into instances by connected components
-(:func:`unet_tf.weights.as_instances`).
+(:func:`unet_tf.weightmaps.as_instances`).
 """
 
 import numpy as np
@@ -135,29 +135,49 @@ def _relabel(labels):
     return inverse.reshape(labels.shape).astype(np.int64)
 
 
-def evaluate(truth, prediction):
-    """All metrics for one image, as a flat dict of numbers (for tables and JSON)."""
+def evaluate(truth, prediction, class_names=None):
+    """All metrics for one image, as a flat dict of numbers (for tables and JSON).
+
+    ``truth`` and ``prediction`` are instance labels; with ``class_names`` (a multi-class
+    net) they are class ids: ``iou_NAME`` per class is added and objects are the connected
+    components of the foreground. ``missed`` and ``false_positives`` count the true and the
+    predicted objects without a match at IoU 0.5.
+    """
+    if class_names is not None:
+        classes = {f"iou_{name}": float(iou) for name, iou in
+                   zip(class_names, class_iou(truth, prediction, len(class_names)))}
+        truth, prediction = ndi.label(np.asarray(truth) > 0)[0], ndi.label(np.asarray(prediction) > 0)[0]
+    else:
+        classes = {}
     matching = match_instances(truth, prediction)
+    at50 = matching["per_threshold"][0.5]
     return {
         "foreground_iou": foreground_iou(truth, prediction),
         "pixel_error": pixel_error(truth, prediction),
         "rand_error": rand_error(truth, prediction),
         **{k: matching[k] for k in ("precision", "recall", "f1", "ap50", "mean_ap", "merged",
                                     "split", "true", "predicted")},
+        "missed": at50["fn"], "false_positives": at50["fp"],
+        **classes,
     }
 
 
-TABLE_COLUMNS = ("foreground_iou", "pixel_error", "rand_error", "f1", "ap50", "mean_ap", "merged",
-                 "split")
+TABLE_COLUMNS = ("foreground_iou", "f1", "ap50", "mean_ap", "true", "predicted", "missed",
+                 "false_positives", "merged", "split")
 
 
 def metrics_table(rows, columns=TABLE_COLUMNS):
     """``(text, mean)``: a fixed-width table of per-image metrics (``{name: evaluate(...)}``)
-    with a last row of means, and the means as a dict."""
+    with a last row of means, and the means as a dict. Per-class IoUs (``iou_NAME``) present in
+    every row are added as columns."""
+    first = next(iter(rows.values()))
+    columns = [*columns, *(c for c in first if c.startswith("iou_") and c not in columns)]
     width = max(len(name) for name in [*rows, "mean"]) + 2
-    lines = ["image".ljust(width) + "".join(c.rjust(15) for c in columns)]
-    mean = {c: sum(r[c] for r in rows.values()) / len(rows) for c in columns}
+    widths = [max(len(c) + 2, 9) for c in columns]
+    lines = ["image".ljust(width) + "".join(c.rjust(w) for c, w in zip(columns, widths))]
+    mean = {c: float(np.nanmean([r[c] for r in rows.values()])) for c in columns}
     for name, row in [*rows.items(), ("mean", mean)]:
         lines.append(name.ljust(width) + "".join(
-            (f"{row[c]:15.4f}" if isinstance(row[c], float) else f"{row[c]:15d}") for c in columns))
+            (f"{row[c]:{w}.4f}" if isinstance(row[c], float) else f"{row[c]:{w}d}")
+            for c, w in zip(columns, widths)))
     return "\n".join(lines), mean

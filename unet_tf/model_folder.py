@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from . import __version__
+from .instances import DEFAULT_SETTINGS
 from .io import write_atomically
 from .sizes import output_size
 
@@ -53,6 +54,9 @@ def folder_config(config, data_summary, distribution=None, plan=None):
         "distribution": distribution or {"strategy": "default", "replicas": 1,
                                          "global_batch": config.batch_size},
         "plan": plan,   # what the planner derived and why (None: settings given by hand)
+        # how labels are made from the probabilities; tuned on validation images after training
+        "postprocessing": ({"target": "classes"} if config.target == "classes"
+                           else {**DEFAULT_SETTINGS, "target": config.target}),
     }
 
 
@@ -60,6 +64,13 @@ def write_config(folder, config, data_summary, distribution=None, plan=None):
     """Write ``folder/config.json`` (atomically) for a :class:`~unet_tf.config.TrainConfig`."""
     text = json.dumps(folder_config(config, data_summary, distribution, plan), indent=2)
     write_atomically(Path(folder) / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def update_config(folder, **entries):
+    """Replace top-level ``entries`` of ``folder/config.json`` (atomically)."""
+    path = Path(folder) / CONFIG_FILE
+    text = json.dumps({**json.loads(path.read_text()), **entries}, indent=2)
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_config(folder):

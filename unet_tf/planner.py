@@ -243,11 +243,14 @@ def _training(fp):
     elastic = float(np.clip(round(middle / 3, 1), 3.0, 10.0))
     n = fp["images"]
     settings = {
+        "target": "foreground",
         "optimizer": "adam", "learning_rate": 1e-3, "lr_schedule": "cosine",
         "weight_map": True, "w0": 10.0, "border_sigma": border, "class_weights": None,
         "augment": True, "elastic_sigma": elastic, "val_split": 0.2 if n >= 4 else 0.0,
     }
     reasons = {
+        "target": ("2 classes; touching objects are split afterwards, with settings tuned on "
+                   "the validation images"),
         "optimizer": "Adam: SGD with momentum 0.99 (the paper) diverged to NaN on real data",
         "learning_rate": "Adam's default; cosine decay to 0 gives a steady end",
         "lr_schedule": "decays over exactly the planned steps",
@@ -256,7 +259,8 @@ def _training(fp):
         "w0": "the paper's border weight",
         "border_sigma": f"median object {middle:g} px / 6 (the paper's 5 px fit its cells)",
         "class_weights": "no class balancing: it pushed boundaries outward on real nuclei",
-        "augment": "flips, rotations, elastic and gray-value changes (the paper's set)",
+        "augment": ("flips, rotations, elastic; gray values: gamma, uneven gain (dim and "
+                    "bright objects), contrast, blur, noise"),
         "elastic_sigma": f"median object {middle:g} px / 3 (paper: 10 px)",
         "val_split": ("20 % of whole images checkpoint the best model" if n >= 4 else
                       f"{n} image(s): all train; the best model by training loss"),

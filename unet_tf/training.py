@@ -19,7 +19,9 @@ from .io import check_writable, write_atomically
 from .losses import weighted_pixel_loss
 from .memory import check_fits
 from .model import build_unet
-from .model_folder import BACKUP_DIR, HISTORY_FILE, LOGS_DIR, MODEL_FILE, write_config
+from .model_folder import BACKUP_DIR, HISTORY_FILE, LOGS_DIR, MODEL_FILE, update_config, write_config
+from .postprocess import describe, tune
+from .tiling import predict_tiled
 
 
 def make_optimizer(config):
@@ -50,10 +52,10 @@ def _check_folder(out, overwrite):
     return out
 
 
-def _warn_if_one_class(masks, num_classes):
+def _warn_if_one_class(masks, num_classes, target):
     present = set()
     for mask in masks:
-        present |= set(np.unique(class_labels(mask, num_classes)).tolist())
+        present |= set(np.unique(class_labels(mask, num_classes, target=target)).tolist())
     if len(present) < 2:
         warnings.warn(f"every training mask holds class {present.pop()} only: the network will "
                       "learn to predict that class everywhere", UserWarning, stacklevel=3)
@@ -116,13 +118,13 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     common = dict(tile_size=config.tile_size, depth=config.depth, upsampling=config.upsampling,
                   weight_map=config.weight_map, w0=config.w0, border_sigma=config.border_sigma,
                   class_weights=config.class_weights, num_classes=config.num_classes,
-                  normalization=config.normalization)
+                  normalization=config.normalization, target=config.target)
     train_data = make_dataset(pick(images, train_idx), pick(masks, train_idx),
                               batch_size=config.batch_size * replicas, augment=augmentation,
                               seed=config.seed, **common)
     val_data = (make_dataset(pick(images, val_idx), pick(masks, val_idx), batch_size=4,
                              validation=True, **common) if val_idx else None)
-    _warn_if_one_class(masks, config.num_classes)
+    _warn_if_one_class(masks, config.num_classes, config.target)
     summary = {"images": len(images), "channels": channels,
                "train": pick(names, train_idx), "validation": pick(names, val_idx),
                "shapes": [list(np.shape(i)) for i in images],
@@ -158,7 +160,27 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         return model  # the same weights as the chief's; the folder is the chief's to write
     if not (out / MODEL_FILE).exists():
         raise RuntimeError(f"training produced no finite loss; no model was saved in {out}")
-    return keras.saving.load_model(out / MODEL_FILE, compile=False)  # for inference
+    model = keras.saving.load_model(out / MODEL_FILE, compile=False)  # the best, for inference
+    if config.target != "classes":
+        tuned_on = ("validation", val_idx) if val_idx else ("training", train_idx)
+        tune_postprocessing(model, config, out, pick(images, tuned_on[1]),
+                            pick(masks, tuned_on[1]), tuned_on[0], verbose)
+    return model
+
+
+def tune_postprocessing(model, config, out, images, masks, kind="validation", verbose=1):
+    """Tune the instance post-processing (:func:`unet_tf.postprocess.tune`) on ``images``
+    predicted by ``model`` and store it under ``postprocessing`` in ``out/config.json``."""
+    probabilities = [predict_tiled(model, image, normalization=config.normalization)
+                     for image in images]
+    settings, report = tune(probabilities, masks, config.target)
+    update_config(out, postprocessing={**settings, "tuned_on": f"{len(images)} {kind} images",
+                                       **report})
+    if verbose:
+        print(f"post-processing tuned on {len(images)} {kind} image(s): F1@0.5 "
+              f"{report['f1_before']:.3f} -> {report['f1_after']:.3f} ({describe(settings)})",
+              flush=True)
+    return settings
 
 
 def _divergence_message(what, config, out, chief):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .metrics import evaluate as evaluate_image
 from .model_folder import load_model_folder
-from .postprocess import label_image
+from .postprocess import label_image, settings_of
 from .tiling import BATCH_SIZE, predict_tiled, tile_count, tile_for
 
 
@@ -103,18 +103,24 @@ class UNet:
         return predict_tiled(self.model, image, tile_size=tile_size, batch_size=batch_size,
                              output=output, progress=progress, normalization=self.normalization)
 
-    def postprocess(self, probabilities):
-        """Labels from :meth:`predict`'s probabilities ``(H, W, K)``: instance labels
-        (``YX``, connected components of the foreground) for a two-class net, class ids for
-        more."""
-        return label_image(probabilities.argmax(-1), self.num_classes)
+    @property
+    def postprocessing(self):
+        """The folder's post-processing settings (see :mod:`unet_tf.instances`), tuned on the
+        validation images when the model was trained."""
+        return settings_of(self.config)
 
-    def segment(self, image, **options):
-        """What a person uses: :meth:`postprocess` of :meth:`predict`. ``options`` as for
-        :meth:`predict`."""
-        return self.postprocess(self.predict(image, **options))
+    def postprocess(self, probabilities, **overrides):
+        """Labels from :meth:`predict`'s probabilities ``(H, W, K)``: instance labels (``YX``)
+        for the foreground and boundary targets, class ids for a multi-class net.
+        ``overrides`` replace single settings, e.g. ``min_size=50``."""
+        return label_image(probabilities, {**self.postprocessing, **overrides})
 
-    def evaluate(self, images, masks, names=None, progress=False):
+    def segment(self, image, postprocessing=None, **options):
+        """What a person uses: :meth:`postprocess` (with ``postprocessing`` overrides, a dict)
+        of :meth:`predict`. ``options`` as for :meth:`predict`."""
+        return self.postprocess(self.predict(image, **options), **(postprocessing or {}))
+
+    def evaluate(self, images, masks, names=None, progress=False, postprocessing=None):
         """Metrics of :meth:`segment` against true masks, per image.
 
         Args:
@@ -129,7 +135,9 @@ class UNet:
         if not len(names) == len(images) == len(masks):
             raise ValueError(f"got {len(images)} images, {len(masks)} masks and "
                              f"{len(names)} names")
-        return {name: evaluate_image(mask, self.segment(image, progress=progress))
+        return {name: evaluate_image(mask, self.segment(image, postprocessing, progress=progress),
+                                     self.class_names if self.postprocessing["target"] == "classes"
+                                     else None)
                 for name, image, mask in zip(names, images, masks)}
 
     def export(self, format="savedmodel", **options):

@@ -23,7 +23,7 @@ from ..images import normalize_with
 from ..io import check_writable, write_atomically, write_image
 from ..layers import InputSizeCheck, NearestUpsample2x
 from ..model_folder import load_model_folder, read_config
-from ..postprocess import label_image, overlay
+from ..postprocess import label_image, overlay, settings_of
 from ..samples import load_sample
 from ..sizes import next_valid_input_size, size_rule
 from .common import ONNX_OPSET, check_target, export_dir
@@ -74,8 +74,8 @@ def _test_tensors(model, config):
     return raw, keras.activations.softmax(model(x, training=False)).numpy()
 
 
-def _cover(raw, probabilities, path):
-    labels = label_image(probabilities[0].argmax(-1), probabilities.shape[-1])
+def _cover(raw, probabilities, path, config):
+    labels = label_image(probabilities[0], settings_of(config))
     margin = (raw.shape[1] - labels.shape[0]) // 2  # the output covers the input's centre
     centre = raw[0, margin:margin + labels.shape[0], margin:margin + labels.shape[1], 0]
     write_image(path, overlay(centre, labels), overwrite=True)
@@ -93,7 +93,7 @@ def export_bioimageio(model, config, path, onnx=True):
         raw, probabilities = _test_tensors(model, config)
         np.save(tmp / "test_input.npy", raw)
         np.save(tmp / "test_output.npy", probabilities)
-        _cover(raw, probabilities, tmp / "cover.png")
+        _cover(raw, probabilities, tmp / "cover.png", config)
         plain_keras_copy(model).save(tmp / "model.keras")
         weights = {"keras_v3": {"source": "model.keras", "keras_version": keras.__version__,
                                 "backend": ["tensorflow", _tf_version()]}}

@@ -25,6 +25,7 @@ from ..images import NORMALIZATION, check_image
 from ..io import check_writable, list_images, read_frames, write_atomically
 from ..model import build_unet
 from ..model_folder import load_model_folder, read_config
+from ..postprocess import settings_of
 from ..sizes import check_input_size, output_size, size_rule
 from ..tiling import inference_tile_size, tile_stride
 from .common import CALIBRATION_TILES, CHECK_TILES, check_target, export_dir
@@ -140,6 +141,7 @@ def tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice="gi
         "num_classes": a["num_classes"], "class_names": config.get("class_names"),
         "normalization": config.get("normalization", NORMALIZATION),
         "output": "logits",  # softmax/argmax run on the host (cheap, and not int8-friendly)
+        "postprocessing": settings_of(config),  # export/instances.py applies it
         "input_tensor": _quantization(interpreter.get_input_details()[0]),
         "output_tensor": _quantization(interpreter.get_output_details()[0]),
         "check": check,
