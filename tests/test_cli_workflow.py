@@ -102,3 +102,71 @@ def test_predict_a_stack_frame_by_frame(workspace, sample):
                      workspace / "stack-out")
     assert result.returncode == 0, result.stderr
     assert tifffile.imread(workspace / "stack-out" / "stack.tif").shape == (2, 90, 130)
+
+
+def _train_tiny(root, *options):
+    return run_cli("train", "--images", root / "images", "--masks", root / "class_masks",
+                   "--out", root / options[0], "--tile-size", 124, "--depth", 3, "--filters", 4,
+                   "--epochs", 1, "--steps-per-epoch", 2, "--batch-size", 2, "--quiet",
+                   *options[1:])
+
+
+@pytest.fixture(scope="module")
+def class_workspace(workspace, sample):
+    """Class-id masks: nuclei smaller than the median are class 1, the others class 2."""
+    _, instances = sample
+    areas = np.bincount(instances.ravel())
+    large = np.nonzero(areas > np.median(areas[1:]))[0]
+    classes = np.where(instances > 0, np.where(np.isin(instances, large[large > 0]), 2, 1), 0)
+    for name, rows in (("top", slice(0, 200)), ("bottom", slice(300, 512))):
+        write_image(workspace / "class_masks" / f"{name}.png", classes[rows].astype(np.uint8))
+    return workspace
+
+
+def test_three_classes_train_predict_and_evaluate_from_the_cli(class_workspace):
+    ws = class_workspace
+    result = _train_tiny(ws, "classes-model", "--class-names", "background,small,large")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((ws / "classes-model" / "config.json").read_text())
+    assert config["architecture"]["num_classes"] == 3
+    assert config["class_names"] == ["background", "small", "large"]
+    assert config["postprocessing"] == {"target": "classes"}
+    result = run_cli("predict", ws / "classes-model", ws / "images" / "top.tif", "--out",
+                     ws / "classes-pred", "--probabilities", "--quiet")
+    assert result.returncode == 0, result.stderr
+    labels = tifffile.imread(ws / "classes-pred" / "top.tif")
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
+    assert tifffile.imread(ws / "classes-pred" / "top_probabilities.tif").shape == (200, 512, 3)
+    result = run_cli("evaluate", ws / "classes-model", "--images", ws / "images", "--masks",
+                     ws / "class_masks", "--quiet")
+    assert result.returncode == 0, result.stderr
+    header = result.stdout.splitlines()[0].split()
+    assert {"iou_background", "iou_small", "iou_large", "f1"} <= set(header)
+
+
+def test_the_boundary_target_trains_from_instances_and_predicts_instances(workspace):
+    result = run_cli("train", "--images", workspace / "images", "--masks", workspace / "masks",
+                     "--out", workspace / "boundary-model", "--tile-size", 124, "--depth", 3,
+                     "--filters", 4, "--epochs", 1, "--steps-per-epoch", 2, "--batch-size", 2,
+                     "--target", "boundary")
+    assert result.returncode == 0, result.stderr
+    assert "post-processing tuned on" in result.stdout
+    config = json.loads((workspace / "boundary-model" / "config.json").read_text())
+    assert config["class_names"] == ["background", "interior", "boundary"]
+    assert config["postprocessing"]["target"] == "boundary"
+    assert config["postprocessing"]["tuned_on"] == "2 training images"
+    result = run_cli("predict", workspace / "boundary-model", workspace / "images" / "top.tif",
+                     "--out", workspace / "boundary-pred", "--min-size", "5", "--quiet")
+    assert result.returncode == 0, result.stderr
+    labels = tifffile.imread(workspace / "boundary-pred" / "top.tif")
+    assert labels.shape == (200, 512) and labels.dtype == np.uint16
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--class-names", "background,a,b", "--classes", "4"], "names 3 classes"),
+    (["--classes", "1"], "--classes must be >= 2"),
+])
+def test_bad_class_options_are_refused(class_workspace, options, message):
+    result = _train_tiny(class_workspace, "bad-classes", *options)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (class_workspace / "bad-classes").exists()

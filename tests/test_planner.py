@@ -94,8 +94,9 @@ def test_a_too_short_budget_names_the_minimum():
     data = [[a] for a in disks(20)]
     with pytest.raises(ValueError, match=r"too short .* use --time-budget \d+m\d+s or more"):
         make_plan(*data, time_budget="30s", machine=CPU, step_timer=fixed_step(0.2))
-    minimum = minimum_budget(0.2)
-    assert minimum == pytest.approx(15 + MIN_STEPS * 0.2 * 1.05 + 5 * 1.0)
+    tuning = make_plan(*data, machine=CPU, step_timer=fixed_step(0.2)).tuning_seconds
+    minimum = minimum_budget(0.2, 0, tuning)
+    assert 0 < tuning < 10 and minimum == pytest.approx(15 + tuning + MIN_STEPS * 0.2 * 1.05 + 5)
     shortest = make_plan(*data, time_budget=minimum, machine=CPU, step_timer=fixed_step(0.2))
     assert shortest.settings["epochs"] * shortest.settings["steps_per_epoch"] == MIN_STEPS
     raised = make_plan(*data, time_budget="30s", machine=CPU, step_timer=fixed_step(0.2),

@@ -40,6 +40,7 @@ TIMED_STEPS = 4            # training steps timed on this machine (after 2 warm-
 PIPELINE_FACTOR = 1.05     # the input pipeline shares the CPU (measured on 2 cores: ~1.0)
 EPOCH_SECONDS = 1.0        # checkpoint, history, TensorBoard per epoch
 SETUP_SECONDS = 15.0       # model build, graph tracing, data preparation, final load
+TUNING_SECONDS_PER_MPX = 10.0  # post-processing tuning: ~40 settings scored per image (measured ~6)
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -181,6 +182,7 @@ class Plan:
     time_budget: float | None = None   # seconds
     step_seconds: float | None = None
     estimated_seconds: float | None = None
+    tuning_seconds: float | None = None  # post-processing tuning after training (estimated)
 
     def config(self, **fixed):
         """The :class:`TrainConfig` of this plan (``fixed``: out, images, masks, ...)."""
@@ -275,17 +277,23 @@ def _costs(step_seconds, validation_tiles):
             EPOCH_SECONDS + validation_tiles * step_seconds / 3)
 
 
-def minimum_budget(step_seconds, validation_tiles=0):
+def tuning_seconds(step_seconds, tiles, megapixels):
+    """Seconds to tune the post-processing after training: predicting its images (``tiles``
+    batches, a forward pass ~1/3 of a step) and scoring the settings on them."""
+    return tiles * step_seconds / 3 + TUNING_SECONDS_PER_MPX * megapixels
+
+
+def minimum_budget(step_seconds, validation_tiles=0, tuning=0.0):
     """Seconds for the shortest useful run: :data:`MIN_EPOCHS` epochs of
-    :data:`MIN_STEPS` steps in all, set-up included."""
+    :data:`MIN_STEPS` steps in all, set-up and ``tuning`` seconds included."""
     per_step, per_epoch = _costs(step_seconds, validation_tiles)
-    return SETUP_SECONDS + MIN_STEPS * per_step + MIN_EPOCHS * per_epoch
+    return SETUP_SECONDS + tuning + MIN_STEPS * per_step + MIN_EPOCHS * per_epoch
 
 
-def _steps(budget, step_seconds, validation_tiles):
+def _steps(budget, step_seconds, validation_tiles, tuning):
     """``(epochs, steps_per_epoch, estimated_seconds)`` filling ``budget``, or a
     ``ValueError`` naming the minimum budget that works."""
-    minimum = minimum_budget(step_seconds, validation_tiles)
+    minimum = minimum_budget(step_seconds, validation_tiles, tuning)
     if budget < minimum:
         raise ValueError(f"a time budget of {format_duration(budget)} is too short for a useful "
                          f"model on this machine ({step_seconds:.2f} s per training step, "
@@ -293,10 +301,11 @@ def _steps(budget, step_seconds, validation_tiles):
                          f"{format_duration(math.ceil(minimum / 10) * 10)} or more")
     per_step, per_epoch = _costs(step_seconds, validation_tiles)
     for steps_per_epoch in (100, MIN_STEPS // MIN_EPOCHS):   # at least MIN_EPOCHS checkpoints
-        epochs = int((budget - SETUP_SECONDS) / (steps_per_epoch * per_step + per_epoch) + 1e-9)
+        epochs = int((budget - SETUP_SECONDS - tuning) / (steps_per_epoch * per_step + per_epoch)
+                     + 1e-9)
         if epochs >= MIN_EPOCHS:
             break
-    estimate = SETUP_SECONDS + epochs * (steps_per_epoch * per_step + per_epoch)
+    estimate = SETUP_SECONDS + tuning + epochs * (steps_per_epoch * per_step + per_epoch)
     return epochs, steps_per_epoch, estimate
 
 
@@ -348,9 +357,13 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
     out = output_size(config.tile_size, config.depth, config.upsampling)
     pixels = np.mean([s[0] * s[1] for s in (fp["shape_min"], fp["shape_max"])])
     tiles = val_images * math.ceil(pixels / out ** 2) / config.batch_size
+    tuned_on = val_images or fp["images"]  # the validation images, else the training images
+    tuning = plan.tuning_seconds = (0.0 if config.target == "classes" else tuning_seconds(
+        plan.step_seconds, tuned_on * math.ceil(pixels / out ** 2) / config.batch_size,
+        tuned_on * pixels / 1e6))
     if at_least_minimum:
-        budget = plan.time_budget = max(budget, minimum_budget(plan.step_seconds, tiles))
-    epochs, steps, plan.estimated_seconds = _steps(budget, plan.step_seconds, tiles)
+        budget = plan.time_budget = max(budget, minimum_budget(plan.step_seconds, tiles, tuning))
+    epochs, steps, plan.estimated_seconds = _steps(budget, plan.step_seconds, tiles, tuning)
     settings["epochs"], settings["steps_per_epoch"] = epochs, steps
     reasons["epochs"] = (f"{epochs * steps} steps of {plan.step_seconds:.3f} s (timed here) fill "
                          f"the {format_duration(budget)} budget: ~{format_duration(plan.estimated_seconds)}")

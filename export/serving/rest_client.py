@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from overlap_tile import as_yxc_with, predict_tiled  # noqa: E402
-from edge_predict import instance_labels, read_image, write_labels  # noqa: E402
+from edge_predict import labels_from, read_image, write_labels  # noqa: E402
 
 PROG = "rest_client"
 
@@ -33,7 +33,8 @@ def tile_metadata(config):
     a = config["architecture"]
     return {"tile_size": config["tile_size"], "output_size": config["output_size"],
             "pooling_period": 2 ** (a["depth"] - 1), "channels": a["channels"],
-            "num_classes": a["num_classes"], "normalization": config["normalization"]}
+            "num_classes": a["num_classes"], "normalization": config["normalization"],
+            "postprocessing": config.get("postprocessing")}
 
 
 def predict_url(server, model="unet", version=None):
@@ -99,7 +100,7 @@ def main(argv=None):
         for source in map(Path, args.inputs):
             probabilities = model.predict(read_image(source))
             target = out / f"{source.stem}{'.tif' if source.suffix.lower() in ('.tif', '.tiff') else '.png'}"
-            write_labels(target, instance_labels(probabilities.argmax(-1), model.meta["num_classes"]))
+            write_labels(target, labels_from(probabilities, model.meta))
             print(f"{source} -> {target}")
     except (ValueError, FileNotFoundError, KeyError, json.JSONDecodeError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
