@@ -215,3 +215,37 @@ def test_default_prediction_equals_a_given_tile(trained_folder, sample):
     training_tile = predict_tiled(model, image, tile_size=config["tile_size"],
                                   normalization=config["normalization"])
     np.testing.assert_allclose(chosen, training_tile, atol=1e-4)
+
+
+def test_normalisation_follows_exposure_and_content():
+    """One range for the dataset when exposure is steady and some images are nearly empty;
+    per-image percentiles when exposure changes (or every image is full of objects)."""
+    full, full_mask = disks(20, separate=40)
+    sparse, sparse_mask = disks(20, separate=1, seed=1)
+    plan = make_plan([full, sparse], [full_mask, sparse_mask], machine=CPU,
+                     step_timer=fixed_step(0.1))
+    norm = plan.settings["normalization"]
+    assert norm["method"] == "dataset" and "few objects" in plan.reasons["normalization"]
+    lo, hi = norm["range"]
+    assert 60 < lo < 100 and 1000 < hi < 1200       # background ~100 +- 10, objects ~1100
+    assert "dataset" in plan.table()
+    brighter = (full.astype(np.float32) * 3).astype(np.uint16)          # exposure changed
+    plan = make_plan([brighter, sparse], [full_mask, sparse_mask], machine=CPU,
+                     step_timer=fixed_step(0.1))
+    assert plan.settings["normalization"] == {"method": "percentile", "low": 1.0, "high": 99.8}
+    assert "contrast differs between images" in plan.reasons["normalization"]
+    given = make_plan([full, sparse], [full_mask, sparse_mask], {"normalization": "image"},
+                      machine=CPU, step_timer=fixed_step(0.1))
+    assert given.settings["normalization"]["method"] == "percentile"
+
+
+def test_a_dataset_range_is_applied_alike_everywhere():
+    from unet_tf.images import dataset_normalization, normalize_with
+    from unet_tf.overlap_tile import normalization_range
+    images = [np.full((8, 8), 10, np.uint16), np.arange(64, dtype=np.uint16).reshape(8, 8) * 100]
+    norm = dataset_normalization(images)
+    pooled = np.concatenate([i.ravel() for i in images])
+    assert norm["range"] == pytest.approx(np.percentile(pooled, [1.0, 99.8]).tolist())
+    assert normalization_range(images[0], norm) == tuple(norm["range"])
+    lo, hi = norm["range"]
+    np.testing.assert_allclose(normalize_with(images[0], norm), (10 - lo) / (hi - lo), rtol=1e-6)

@@ -17,6 +17,7 @@ from .config import LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, TrainConfig
 from .demo import DEMO_BUDGET
 from .planner import format_duration
 from .exporters import FORMATS as EXPORT_FORMATS
+from .images import NORMALIZATION_CHOICES
 from .sizes import UPSAMPLING_MODES
 from .tiling import BATCH_SIZE
 
@@ -119,7 +120,8 @@ TRAIN_OPTIONS = {"tile_size": "tile_size", "depth": "depth", "filters": "filters
                  "optimizer": "optimizer", "lr": "learning_rate", "lr_schedule": "lr_schedule",
                  "val_split": "val_split", "w0": "w0", "border_sigma": "border_sigma",
                  "elastic_sigma": "elastic_sigma", "early_stopping": "early_stopping",
-                 "strategy": "strategy", "seed": "seed", "target": "target"}
+                 "strategy": "strategy", "seed": "seed", "target": "target",
+                 "normalization": "normalization"}
 
 
 def _given_settings(args):
@@ -168,6 +170,7 @@ def _print_plan(plan, images_dir):
 
 def _planned_run(args):
     """``(config, plan, data)`` of a train/plan command: from --config, a preset, or the plan."""
+    from .images import normalization_for
     from .io import load_pairs
     from .planner import make_plan
     given = _given_settings(args)
@@ -179,8 +182,10 @@ def _planned_run(args):
         settings = {**stored["training"], **given, "out": args.out}
         for name in ("images", "masks"):
             settings[name] = getattr(args, name) or settings.get(name)
-        config = TrainConfig.from_dict(settings)
-        return config, stored.get("plan"), load_pairs(config.images, config.masks)
+        data = load_pairs(settings["images"], settings["masks"])
+        if isinstance(settings.get("normalization"), str):
+            settings["normalization"] = normalization_for(settings["normalization"], data[0])
+        return TrainConfig.from_dict(settings), stored.get("plan"), data
     if not (args.images and args.masks):
         raise ValueError("give --images and --masks (or --config of an earlier run)")
     data = load_pairs(args.images, args.masks)
@@ -188,6 +193,8 @@ def _planned_run(args):
     if args.preset:
         if args.time_budget:
             raise ValueError("--time-budget plans the run; a --preset keeps its own settings")
+        if "normalization" in given:
+            given["normalization"] = normalization_for(given["normalization"], data[0])
         return TrainConfig.from_preset(args.preset, **fixed, **given), None, data
     plan = make_plan(data[0], data[1], args.time_budget, given)
     return plan.config(**fixed), plan, data
@@ -257,6 +264,9 @@ def _add_train_settings(p):
                    "the output is class ids")
     p.add_argument("--class-names", metavar="A,B,...",
                    help="names of the classes, background first (implies --classes)")
+    p.add_argument("--normalization", choices=NORMALIZATION_CHOICES,
+                   help="image: each image's 1-99.8 percentiles to 0-1; dataset: one range, the "
+                   "training set's percentiles, for every image (planned)")
     p.add_argument("--w0", type=float, help=f"weight map border weight ({d.w0})")
     p.add_argument("--border-sigma", type=float,
                    help="weight map border width, the paper's sigma, px (planned)")

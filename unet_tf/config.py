@@ -35,6 +35,18 @@ PRESETS = {
 RENAMED = {"sigma": "border_sigma"}
 
 
+def _valid_normalization(norm):
+    if not (isinstance(norm, dict) and norm.get("method") in ("percentile", "dataset")
+            and 0 <= norm.get("low", -1) < norm.get("high", -1) <= 100):
+        return False
+    if norm["method"] == "percentile":
+        return True
+    bounds = norm.get("range")
+    return (isinstance(bounds, (list, tuple)) and len(bounds) == 2
+            and all(isinstance(b, (int, float)) and np.isfinite(b) for b in bounds)
+            and bounds[0] < bounds[1])
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything ``train`` needs; round-trips through JSON (``to_json``/``from_json``).
@@ -149,10 +161,10 @@ class TrainConfig:
              f"early_stopping must be None or a patience >= 1, got {self.early_stopping!r}"),
             (len(self.class_names) == self.num_classes,
              f"class_names must name {self.num_classes} classes, got {self.class_names}"),
-            (isinstance(norm, dict) and norm.get("method") == "percentile"
-             and 0 <= norm.get("low", -1) < norm.get("high", -1) <= 100,
+            (_valid_normalization(norm),
              f"normalization must be {{'method': 'percentile', 'low': L, 'high': H}} with "
-             f"0 <= L < H <= 100, got {norm!r}"),
+             f"0 <= L < H <= 100, or {{'method': 'dataset', ..., 'range': [lo, hi]}} with "
+             f"lo < hi, got {norm!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -10,12 +10,32 @@ import numpy as np
 from .overlap_tile import apply_range, crop_reflect, percentiles, reflect_index
 from .overlap_tile import normalization_range as range_for
 
-__all__ = ["NORMALIZATION", "as_yxc", "check_image", "normalization_range", "normalize",
+__all__ = ["NORMALIZATION", "NORMALIZATION_CHOICES", "as_yxc", "check_image",
+           "dataset_normalization", "normalization_for", "normalization_range", "normalize",
            "normalize_with", "range_for", "apply_range", "crop_reflect", "reflect_index"]
 
 # Per-image percentile normalisation, the field's habit (CSBDeep/StarDist): robust to a few hot
 # pixels and independent of bit depth, so uint8, uint16 and float images all land near [0, 1].
 NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
+# What --normalization names: "image" (NORMALIZATION) or "dataset" (one range for all images,
+# the training set's percentiles: an image with few objects is then not stretched until its
+# background noise looks like cells).
+NORMALIZATION_CHOICES = ("image", "dataset")
+
+
+def dataset_normalization(images, low=NORMALIZATION["low"], high=NORMALIZATION["high"]):
+    """A ``normalization`` entry mapping the ``low``/``high`` percentiles of all ``images``
+    together (every pixel and channel) to 0/1, for every image alike."""
+    pooled = np.concatenate([np.asarray(image).reshape(-1) for image in images])
+    lo, hi = percentiles(pooled, (low, high))
+    return {"method": "dataset", "low": low, "high": high, "range": [float(lo), float(hi)]}
+
+
+def normalization_for(choice, images):
+    """The ``normalization`` entry for a :data:`NORMALIZATION_CHOICES` name."""
+    if choice not in NORMALIZATION_CHOICES:
+        raise ValueError(f"normalization must be one of {NORMALIZATION_CHOICES}, got {choice!r}")
+    return dict(NORMALIZATION) if choice == "image" else dataset_normalization(images)
 
 
 def as_yxc(image, name="image"):

@@ -38,12 +38,16 @@ def percentiles(image, qs):
 
 def normalization_range(image, normalization):
     """``(lo, hi)``: the intensities mapped to 0 and 1 by a model folder's ``normalization``
-    entry (percentiles over all pixels and channels); ``(0, 1)`` for ``None``."""
+    entry: method ``percentile``, this image's percentiles over all pixels and channels;
+    ``dataset``, the stored ``range`` (the training set's percentiles); ``(0, 1)`` for ``None``."""
     if normalization is None:
         return 0.0, 1.0
+    if normalization.get("method") == "dataset":
+        lo, hi = normalization["range"]
+        return float(lo), float(hi)
     if normalization.get("method") != "percentile":
         raise ValueError(f"unknown normalization method {normalization.get('method')!r}, "
-                         "expected 'percentile'")
+                         "expected 'percentile' or 'dataset'")
     lo, hi = percentiles(image, (normalization["low"], normalization["high"]))
     return float(lo), float(hi)
 

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from .config import TrainConfig
-from .images import check_image
+from .images import check_image, normalization_for
 from .memory import GIB, available_bytes
 from .overlap_tile import percentiles
 from .sizes import input_size_for_output, output_size, size_rule
@@ -71,7 +71,7 @@ def fingerprint(images, masks, num_classes=2):
         raise ValueError(f"need as many masks as images (at least one), got {len(images)} "
                          f"images and {len(masks)} masks")
     diameters, touching, objects, foreground, pixels = [], 0, 0, 0, 0
-    lows, highs, classes = [], [], set()
+    lows, highs, classes, fractions, contrasts = [], [], set(), [], []
     for i, (image, mask) in enumerate(zip(images, masks)):
         image = check_image(image, f"image {i}")
         instances = as_instances(np.asarray(mask) > 0 if num_classes > 2 else mask, f"mask {i}")
@@ -82,6 +82,10 @@ def fingerprint(images, masks, num_classes=2):
         touching += len(_touching(instances))
         foreground += int(np.count_nonzero(instances))
         pixels += instances.size
+        fractions.append(np.count_nonzero(instances) / instances.size)
+        if 0 < fractions[-1] < 1:   # exposure: objects' median over the background's median
+            gray = image.mean(-1) if image.shape[2] > 1 else image[..., 0]
+            contrasts.append(float(np.median(gray[instances > 0]) - np.median(gray[instances == 0])))
         low, high = percentiles(image, (1.0, 99.8))
         lows.append(float(low))
         highs.append(float(high))
@@ -102,6 +106,10 @@ def fingerprint(images, masks, num_classes=2):
         "diameter_p5_p50_p95": diameter,
         "touching_fraction": round(touching / objects, 3) if objects else 0.0,
         "foreground_fraction": round(foreground / pixels, 4),
+        "foreground_fraction_min": round(float(min(fractions)), 4),
+        # how much the exposure differs between images: largest / smallest object contrast
+        "contrast_ratio": (round(max(contrasts) / min(contrasts), 2)
+                           if contrasts and min(contrasts) > 0 else None),
         "classes_present": sorted(int(c) for c in classes),
     }
 
@@ -201,6 +209,9 @@ class Plan:
 
 
 def _show(value):
+    if isinstance(value, dict) and "method" in value:   # a normalization entry
+        return (f"dataset {value['range'][0]:g}..{value['range'][1]:g}"
+                if value["method"] == "dataset" else f"image {value['low']:g}-{value['high']:g} %")
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -236,6 +247,25 @@ def _architecture(fp, gpu):
     reasons["batch_size"] = ("GPU throughput" if gpu else
                              "4 tiles: steady gradients, no slower per pixel on 2-8 cores")
     return settings, reasons
+
+
+def _normalization(fp):
+    """Per-image percentiles (the field's habit: robust to exposure changing between images),
+    or one range for the dataset when exposure is steady and some images hold few objects
+    (per-image stretching would turn their background noise into speckle)."""
+    ratio = fp["contrast_ratio"]
+    steady = len(fp["dtypes"]) == 1 and ratio is not None and ratio <= 1.5
+    sparse = fp["foreground_fraction_min"] < 0.25 * fp["foreground_fraction"]
+    if fp["images"] > 1 and steady and sparse:
+        return "dataset", (f"object contrast agrees across images (ratio {ratio:g}) and some "
+                           f"images hold few objects "
+                           f"({100 * fp['foreground_fraction_min']:.1f} % foreground): one range "
+                           "keeps their background dark")
+    why = (f"object contrast differs between images (ratio {ratio}): each image is stretched "
+           "on its own" if not steady and fp["images"] > 1 else
+           "per-image 1-99.8 percentiles (the field's habit): every image holds objects"
+           if fp["images"] > 1 else "one image: its own 1-99.8 percentiles")
+    return "image", why
 
 
 def _training(fp):
@@ -339,9 +369,12 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
     more, why = _training(fp)
     settings.update(more)
     reasons.update(why)
+    settings["normalization"], reasons["normalization"] = _normalization(fp)
     for name, value in overrides.items():
         settings[name] = value
         reasons[name] = "given"
+    if isinstance(settings["normalization"], str):   # "image" / "dataset" -> the entry
+        settings["normalization"] = normalization_for(settings["normalization"], images)
     budget = parse_duration(time_budget) if time_budget is not None else \
         DEFAULT_BUDGET["gpu" if gpu else "cpu"]
     config = TrainConfig(**settings)

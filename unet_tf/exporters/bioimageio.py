@@ -6,7 +6,8 @@ layers, so plain Keras loads it) and, with the onnx extra, ``onnx`` (opset 17); 
 cut from the bundled sample; the valid-size rule as a parameterized size (``min + k*step``);
 the output size as the input size minus the border the valid convolutions consume (the spec's
 ``size.offset`` for a halo the model crops itself: 92 px per side for the paper net);
-preprocessing equal to training's percentile normalisation (``scale_range``); a cover, docs,
+preprocessing equal to training's normalisation (``scale_range`` for per-image percentiles,
+``scale_linear`` for one dataset range); a cover, docs,
 the U-Net citation and the license. Needs the ``bioimageio`` extra.
 """
 
@@ -81,6 +82,24 @@ def _cover(raw, probabilities, path, config):
     write_image(path, overlay(centre, labels), overwrite=True)
 
 
+def _normalization_text(norm):
+    where = ("the training set's" if norm["method"] == "dataset" else "each image's")
+    return (f"normalised by {where} {norm['low']} / {norm['high']} percentiles"
+            + (f" (intensities {norm['range'][0]:g} / {norm['range'][1]:g})"
+               if norm["method"] == "dataset" else ""))
+
+
+def _preprocessing(norm):
+    """The bioimage.io step equal to the folder's normalisation."""
+    if norm["method"] == "dataset":
+        lo, hi = norm["range"]
+        return {"id": "scale_linear", "kwargs": {"axes": ["y", "x", "channel"],
+                                                 "gain": 1.0 / (hi - lo), "offset": -lo / (hi - lo)}}
+    return {"id": "scale_range", "kwargs": {"axes": ["y", "x", "channel"],
+                                            "min_percentile": norm["low"],
+                                            "max_percentile": norm["high"]}}
+
+
 def export_bioimageio(model, config, path, onnx=True):
     """Write a bioimage.io model package (zip) to ``path``."""
     spec = spec_module()
@@ -126,9 +145,7 @@ def export_bioimageio(model, config, path, onnx=True):
                          {"type": "channel", "channel_names": [f"c{i}" for i in range(a["channels"])]}],
                 "test_tensor": {"source": "test_input.npy"},
                 "data": {"type": "float32"},
-                "preprocessing": [{"id": "scale_range", "kwargs": {
-                    "axes": ["y", "x", "channel"], "min_percentile": norm["low"],
-                    "max_percentile": norm["high"]}}],
+                "preprocessing": [_preprocessing(norm)],
             }],
             "outputs": [{
                 "id": "probabilities", "description": "softmax class probabilities",
@@ -165,9 +182,8 @@ U-Net (Ronneberger et al. 2015) with valid 3x3 convolutions: depth {a['depth']},
 {a['filters']} filters, `{a['upsampling']}` up-sampling, {a['num_classes']} classes
 ({', '.join(config.get('class_names') or [])}).
 
-* Input: any size `{smallest} + k*{step}` per spatial axis; normalised per image to the
-  {config['normalization']['low']} / {config['normalization']['high']} percentiles (as in
-  training).
+* Input: any size `{smallest} + k*{step}` per spatial axis; {_normalization_text(config['normalization'])}
+  (as in training).
 * Output: class probabilities, {shrink} px smaller than the input ({shrink // 2} px per side,
   consumed by the valid convolutions). For seamless tiling, use tiles whose output size is a
   multiple of {step} and mirror-pad the image by {shrink // 2} px.

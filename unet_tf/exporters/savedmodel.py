@@ -57,8 +57,12 @@ def _segment_function(model, config):
     def segment(image):
         batch, height, width = tf.shape(image)[0], tf.shape(image)[1], tf.shape(image)[2]
         flat = tf.reshape(image, [batch, -1])
-        lo = _percentile(flat, norm["low"])
-        hi = _percentile(flat, norm["high"])
+        if norm["method"] == "dataset":  # one stored range for every image
+            lo = tf.fill([batch], tf.constant(norm["range"][0], flat.dtype))
+            hi = tf.fill([batch], tf.constant(norm["range"][1], flat.dtype))
+        else:
+            lo = _percentile(flat, norm["low"])
+            hi = _percentile(flat, norm["high"])
         scale = tf.where(hi > lo, 1.0 / tf.where(hi > lo, hi - lo, 1.0), 0.0)
         x = (image - tf.cast(lo, tf.float32)[:, None, None, None]) * tf.cast(
             scale, tf.float32)[:, None, None, None]
