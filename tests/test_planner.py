@@ -234,7 +234,7 @@ def test_normalisation_follows_exposure_and_content():
                      step_timer=fixed_step(0.1))
     assert plan.settings["normalization"] == {"method": "percentile", "low": 1.0, "high": 99.8}
     assert "contrast differs between images" in plan.reasons["normalization"]
-    given = make_plan([full, sparse], [full_mask, sparse_mask], {"normalization": "image"},
+    given = make_plan([full, sparse], [full_mask, sparse_mask], overrides={"normalization": "image"},
                       machine=CPU, step_timer=fixed_step(0.1))
     assert given.settings["normalization"]["method"] == "percentile"
 
