@@ -4,6 +4,10 @@
 -> ``probabilities`` ``(B, O, O, K)`` float32 and ``labels`` ``(B, O, O)`` int32.
 ``segment``: ``image`` float32 ``(B, H, W, C)`` raw images of any size -> the same outputs at
 ``(H, W)``, normalised and mirror-padded inside the graph, equal to ``predict_tiled``.
+
+``labels`` are class ids (the argmax). Instance labels need the folder's post-processing
+(watershed split, size filter: ``postprocessing`` in ``config.json``), which runs on the client
+on the probabilities: ``export/serving/rest_client.py`` does it with ``export/instances.py``.
 """
 
 import shutil
