@@ -87,16 +87,18 @@ def tile_stride(tile_size, depth=5, upsampling="transpose"):
 def forward(model, output="logits"):
     """The model's inference pass, with softmax/argmax for ``output``, as one compiled function.
 
-    Faster than calling the Keras model eagerly op by op; traced once per model, output and
-    batch shape, and cached so repeated predictions reuse the trace.
+    Faster than calling the Keras model eagerly op by op; traced once per model and output,
+    for any batch and tile size (so images of other sizes, and a last smaller batch, reuse the
+    trace instead of retracing), and cached.
     """
     functions = _FORWARD.setdefault(model, {})
     if output not in functions:
         ref = weakref.ref(model)  # a strong reference here would keep the model alive forever
         convert = {"logits": tf.identity, "probabilities": tf.nn.softmax,
                    "labels": lambda logits: tf.argmax(logits, axis=-1, output_type=tf.int32)}
+        spec = tf.TensorSpec([None, None, None, model.input_shape[-1]], tf.float32)
         functions[output] = tf.function(
-            lambda x: convert[output](ref()(x, training=False)), reduce_retracing=True)
+            lambda x: convert[output](ref()(x, training=False)), input_signature=[spec])
     return functions[output]
 
 
