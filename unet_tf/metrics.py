@@ -180,8 +180,13 @@ def metrics_table(rows, columns=TABLE_COLUMNS):
     widths = [max(len(c) + 2, 9) for c in columns]
     lines = ["image".ljust(width) + "".join(c.rjust(w) for c, w in zip(columns, widths))]
     mean = {c: float(np.nanmean([r[c] for r in rows.values()])) for c in columns}
+    counts = {c for c in columns if all(isinstance(r[c], (int, np.integer)) for r in rows.values())}
+    def cell(value, column, width, is_mean):
+        if column not in counts:
+            return f"{value:{width}.4f}"
+        return f"{value:{width}.1f}" if is_mean else f"{value:{width}d}"
+
     for name, row in [*rows.items(), ("mean", mean)]:
-        lines.append(name.ljust(width) + "".join(
-            (f"{row[c]:{w}.4f}" if isinstance(row[c], float) else f"{row[c]:{w}d}")
-            for c, w in zip(columns, widths)))
+        lines.append(name.ljust(width) + "".join(cell(row[c], c, w, name == "mean")
+                                                 for c, w in zip(columns, widths)))
     return "\n".join(lines), mean
