@@ -170,7 +170,12 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
 
 def tune_postprocessing(model, config, out, images, masks, kind="validation", verbose=1):
     """Tune the instance post-processing (:func:`unet_tf.postprocess.tune`) on ``images``
-    predicted by ``model`` and store it under ``postprocessing`` in ``out/config.json``."""
+    predicted by ``model`` and store it under ``postprocessing`` in ``out/config.json``;
+    returns the settings (``None``, defaults kept, when the masks hold no objects)."""
+    if not any(np.any(mask) for mask in masks):  # nothing to score: keep the defaults
+        if verbose:
+            print(f"post-processing not tuned: the {kind} masks hold no objects", flush=True)
+        return None
     probabilities = [predict_tiled(model, image, normalization=config.normalization)
                      for image in images]
     settings, report = tune(probabilities, masks, config.target)
