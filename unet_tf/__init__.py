@@ -31,10 +31,12 @@ except ModuleNotFoundError as err:
 from . import layers  # noqa: E402  (registers InputSizeCheck and NearestUpsample2x with Keras)
 from . import exporters, io, metrics, samples  # noqa: E402
 from .augment import Augmentation, elastic_deform  # noqa: E402
+from .callbacks import TrainingDiverged  # noqa: E402
 from .config import PRESETS, TrainConfig  # noqa: E402
 from .data import make_dataset  # noqa: E402
 from .exporters import export_model  # noqa: E402
 from .images import normalize  # noqa: E402
+from .instances import label_instances  # noqa: E402
 from .losses import weighted_pixel_loss  # noqa: E402
 from .model import build_unet  # noqa: E402
 from .model_folder import load_model_folder  # noqa: E402
@@ -45,7 +47,8 @@ from .training import train  # noqa: E402
 from .unet import UNet  # noqa: E402
 from .weightmaps import weight_map  # noqa: E402
 
-__all__ = ["Augmentation", "PRESETS", "TrainConfig", "UNet", "build_unet", "check_input_size",
+__all__ = ["Augmentation", "PRESETS", "TrainConfig", "TrainingDiverged", "UNet", "build_unet",
+           "check_input_size", "label_instances",
            "crop_amounts", "elastic_deform", "export_model", "exporters", "input_size_for_output", "io",
            "layers", "metrics", "samples",
            "load_model_folder", "make_dataset", "next_valid_input_size", "normalize",

@@ -87,7 +87,13 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     Raises:
         ValueError, TypeError: a setting or the data cannot work (before any file is written).
         FileExistsError: ``config.out`` holds a finished model and ``overwrite`` is false.
+        TrainingDiverged: a ``ValueError``: the loss became non-finite or exploded; the message
+            says what to change, and the last good model (if any) stays in the folder.
         RuntimeError: no epoch gave a finite loss.
+
+    After training, the instance post-processing is tuned on the validation images (the
+    training images without any) and stored in ``config.json``
+    (:func:`tune_postprocessing`).
 
     Example:
         >>> config = TrainConfig(out="my-model", images="imgs", masks="masks")  # doctest: +SKIP
