@@ -170,7 +170,6 @@ def _print_plan(plan, images_dir):
 
 def _planned_run(args):
     """``(config, plan, data)`` of a train/plan command: from --config, a preset, or the plan."""
-    from .images import normalization_for
     from .io import load_pairs
     from .planner import make_plan
     given = _given_settings(args)
@@ -183,9 +182,8 @@ def _planned_run(args):
         for name in ("images", "masks"):
             settings[name] = getattr(args, name) or settings.get(name)
         data = load_pairs(settings["images"], settings["masks"])
-        if isinstance(settings.get("normalization"), str):
-            settings["normalization"] = normalization_for(settings["normalization"], data[0])
-        return TrainConfig.from_dict(settings), stored.get("plan"), data
+        return (TrainConfig.from_dict(_with_normalization(settings, data[0])), stored.get("plan"),
+                data)
     if not (args.images and args.masks):
         raise ValueError("give --images and --masks (or --config of an earlier run)")
     data = load_pairs(args.images, args.masks)
@@ -193,11 +191,19 @@ def _planned_run(args):
     if args.preset:
         if args.time_budget:
             raise ValueError("--time-budget plans the run; a --preset keeps its own settings")
-        if "normalization" in given:
-            given["normalization"] = normalization_for(given["normalization"], data[0])
-        return TrainConfig.from_preset(args.preset, **fixed, **given), None, data
+        return (TrainConfig.from_preset(args.preset, **fixed, **_with_normalization(given, data[0])),
+                None, data)
     plan = make_plan(data[0], data[1], args.time_budget, given)
     return plan.config(**fixed), plan, data
+
+
+def _with_normalization(settings, images):
+    """``settings`` with a --normalization name ("image"/"dataset") made the config entry
+    for ``images`` (the planner does the same for planned runs)."""
+    if not isinstance(settings.get("normalization"), str):
+        return settings
+    from .images import normalization_for
+    return {**settings, "normalization": normalization_for(settings["normalization"], images)}
 
 
 def _read_json(path):

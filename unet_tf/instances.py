@@ -4,7 +4,8 @@ objects, drop specks.
 numpy and OpenCV only: ``export/instances.py`` is a byte copy that the TensorFlow-free runtime
 (``export/edge_predict.py``) imports, so a device gives the labels ``unet-tf predict`` gives.
 
-Two targets (``settings["target"]``):
+Holes of at most ``max_hole`` pixels in the foreground are filled first; then, by the target
+(``settings["target"]``):
 
 - ``"foreground"`` (two classes, the paper's): pixels with a foreground probability of at least
   ``threshold`` are foreground; touching objects are split by a seeded watershed of the distance
@@ -14,8 +15,8 @@ Two targets (``settings["target"]``):
   interiors; each grows into the foreground (interior or boundary) along the interior
   probability, so touching cells are parted on their predicted boundary.
 
-Then holes of at most ``max_hole`` pixels are filled and objects smaller than ``min_size``
-pixels are dropped. :func:`unet_tf.postprocess.tune` picks the settings on validation images.
+Last, objects smaller than ``min_size`` pixels are dropped. :func:`unet_tf.postprocess.tune`
+picks the settings on validation images.
 """
 
 import cv2

@@ -79,14 +79,15 @@ def tune(probabilities, masks, target="foreground"):
     def score(settings):
         return _pooled_scores([label_image(p, settings) for p in probabilities], masks)
 
+    def best_of(candidates):  # (settings, scores) of the best, each candidate scored once
+        return max(((c, score(c)) for c in candidates), key=lambda scored: scored[1])
+
     splits = SPLITS if target == "foreground" else (None,)
-    candidates = [{**base, "threshold": t, "split": h} for t in THRESHOLDS for h in splits]
-    best = max(candidates, key=score)
+    best, _ = best_of([{**base, "threshold": t, "split": h} for t in THRESHOLDS for h in splits])
     small = np.percentile(areas, 5)
-    candidates = [{**best, "min_size": int(f * small)} for f in MIN_SIZE_FRACTIONS]
-    best = max(candidates, key=score)
+    best, scores = best_of([{**best, "min_size": int(f * small)} for f in MIN_SIZE_FRACTIONS])
     report = {"f1_before": score({**DEFAULT_SETTINGS, "target": target})[0],
-              "f1_after": score(best)[0]}
+              "f1_after": scores[0]}
     return best, report
 
 
