@@ -13,6 +13,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from .chunked import CHUNK, RUNTIMES
 from .config import LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, TrainConfig
 from .demo import DEMO_BUDGET
 from .planner import format_duration
@@ -339,35 +340,59 @@ def _output_path(out_dir, source):
     return Path(out_dir) / f"{source.stem}{suffix}"
 
 
-def _cmd_predict(args):
-    from .io import IMAGE_SUFFIXES, check_writable, list_images, read_frames, write_image
-    from .postprocess import overlay
-    from .unet import UNet
-    import numpy as np
-
+def _prediction_inputs(items):
+    from .io import IMAGE_SUFFIXES, list_images
+    from .omezarr import is_zarr
     inputs = []
-    for item in map(Path, args.inputs):
-        if item.is_dir():
+    for item in map(Path, items):
+        if is_zarr(item):
+            inputs.append(item)
+        elif item.is_dir():
             inputs.extend(list_images(item, "input"))
         elif not item.is_file():
             raise FileNotFoundError(f"input not found: {item}")
         elif item.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"{item}: expected one of {'/'.join(IMAGE_SUFFIXES)}")
+            raise ValueError(f"{item}: expected one of {'/'.join(IMAGE_SUFFIXES)} or an "
+                             "OME-Zarr (.zarr)")
         else:
             inputs.append(item)
-    check_writable(args.out)
+    return inputs
+
+
+def _planned_outputs(inputs, args):
+    """``{labels path: source}``, refusing clashes before any work starts."""
+    from .postprocess import prediction_paths
     planned = {}
     for source in inputs:
         labels = _output_path(args.out, source)
-        paths = [labels, labels.with_name(f"{source.stem}_overlay.png")]
-        if args.probabilities:
-            paths.append(labels.with_name(f"{source.stem}_probabilities.tif"))
-        clash = [p for p in paths if p.exists()] if not args.overwrite else []
-        if clash:
+        clash = [p for p in prediction_paths(labels, args.probabilities) if p.exists()]
+        if clash and not args.overwrite:
             raise FileExistsError(f"{clash[0]} exists (use --overwrite to replace it)")
         if labels in planned:
             raise ValueError(f"{source} and {planned[labels]} would both write {labels}")
         planned[labels] = source
+    return planned
+
+
+def _cmd_predict(args):
+    from .io import check_writable
+    from .omezarr import is_zarr
+    inputs = _prediction_inputs(args.inputs)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    large = str(args.out).endswith(".zarr") or any(is_zarr(item) for item in inputs)
+    if large and len(inputs) != 1:
+        raise ValueError(f"an OME-Zarr prediction takes one input image, got {len(inputs)}: "
+                         "run one command per image, or write TIFF/PNG files to a folder")
+    check_writable(Path(args.out).parent if large else args.out)
+    if large:
+        return _predict_large(inputs[0], args)
+    planned = _planned_outputs(inputs, args)
+    if args.workers or args.scheduler or args.runtime != "keras":
+        return _predict_spread(planned, args)
+    from .postprocess import write_prediction
+    from .unet import UNet
+    from .io import read_frames
     unet = UNet.from_folder(args.model)
     for labels_path, source in planned.items():
         frames = read_frames(source)
@@ -376,32 +401,79 @@ def _cmd_predict(args):
         options = dict(tile_size=args.tile_size, batch_size=args.batch_size, progress=bar or False)
         results = [unet.predict(frame, **options) for frame in frames]
         masks = [unet.postprocess(r, **_postprocessing(args)) for r in results]
-        stack = lambda arrays: arrays[0] if len(arrays) == 1 else np.stack(arrays)
-        write_image(labels_path, stack(masks), overwrite=args.overwrite)
-        write_image(labels_path.with_name(f"{source.stem}_overlay.png"),
-                    overlay(frames[0], masks[0]), overwrite=args.overwrite)
-        if args.probabilities:
-            write_image(labels_path.with_name(f"{source.stem}_probabilities.tif"),
-                        stack(results), overwrite=args.overwrite)
+        write_prediction(labels_path, frames, masks, results if args.probabilities else None,
+                         args.overwrite)
         print(f"{source} -> {labels_path} ({int(masks[0].max())} objects"
               f"{' in frame 0' if len(masks) > 1 else ''})")
+
+
+def _counter(quiet, unit):
+    """``progress(done, total)`` for chunked work: a bar on a terminal, lines in a log."""
+    verbose, bars = _progress_verbosity(quiet), []
+
+    def progress(done, total):
+        if verbose and not bars:
+            import keras
+            bars.append(keras.utils.Progbar(total, unit_name=unit, verbose=verbose))
+        if verbose:
+            bars[0].update(done)
+    return progress
+
+
+def _predict_large(source, args):
+    from .chunked import dask_client, segment_to_zarr
+    if not str(args.out).endswith(".zarr"):
+        raise ValueError(f"an OME-Zarr input is written as OME-Zarr: give --out NAME.ome.zarr, "
+                         f"got {args.out}")
+    with dask_client(args.workers, args.scheduler) as (client, threads):
+        summary = segment_to_zarr(args.model, source, args.out, chunk=args.chunk,
+                                  probabilities=args.probabilities, runtime=args.runtime,
+                                  client=client, threads=threads, overwrite=args.overwrite,
+                                  progress=_counter(args.quiet, "chunk"),
+                                  postprocessing=_postprocessing(args))
+    resumed = f", {summary['resumed']} resumed from an earlier run" if summary["resumed"] else ""
+    print(f"{source} -> {summary['out']} ({summary['objects']} objects in "
+          f"{summary['chunks']} chunks{resumed}; {summary['runtime']})")
+
+
+def _predict_spread(planned, args):
+    from .chunked import dask_client, predict_files
+    with dask_client(args.workers, args.scheduler) as (client, threads):
+        results = predict_files(args.model, planned, args.probabilities, args.runtime, client,
+                                threads, args.overwrite, _postprocessing(args),
+                                _counter(args.quiet, "image"))
+    for (labels_path, source), objects in zip(planned.items(), results["objects"]):
+        print(f"{source} -> {labels_path} ({objects} objects)")
+    print(f"runtime: {results['runtime']}")
 
 
 def _add_predict(subparsers):
     p = _add(subparsers, "predict", "segment images of any size with a trained model folder", """
         unet-tf predict my-model cells.tif --out predictions
         unet-tf predict my-model data/new/ --out predictions --probabilities
+        unet-tf predict my-model slide.ome.zarr --out slide-labels.ome.zarr --workers 2
+        unet-tf predict my-model data/new/ --out predictions --runtime litert
+        unet-tf predict my-model screen/ --out predictions --scheduler tcp://10.0.0.5:8786
         """, _cmd_predict)
     p.add_argument("model", help="model folder written by `unet-tf train`")
-    p.add_argument("inputs", nargs="+", help="image files or folders of images")
+    p.add_argument("inputs", nargs="+", help="image files, folders of images, or one OME-Zarr")
     p.add_argument("--out", required=True, help="folder for label masks (same names as the "
-                   "inputs), NAME_overlay.png and NAME_probabilities.tif")
+                   "inputs), NAME_overlay.png and NAME_probabilities.tif; or NAME.ome.zarr: "
+                   "the image and its labels as OME-Zarr, written chunk by chunk")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     _add_min_size(p)
     p.add_argument("--tile-size", type=int, help="input tile (default: the largest that fits "
                    "memory; the result is the same for any valid tile)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="tiles per forward pass (%(default)s)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="keras", help="keras, or litert: the "
+                   "model folder's TFLite export (int8 first), faster on CPUs (%(default)s)")
+    p.add_argument("--workers", type=int, help="spread chunks or images over N local Dask "
+                   "worker processes (one core each)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask cluster's scheduler, "
+                   "e.g. tcp://host:8786 (its workers need unet-tf and the model folder's path)")
+    p.add_argument("--chunk", type=int, default=CHUNK, help="OME-Zarr output: pixels per chunk "
+                   "side (%(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -25,13 +25,20 @@ def percentiles(image, qs):
     flat = image.reshape(-1)
     for start in range(0, flat.size, 2 ** 22):  # bincount copies to int64: do it in chunks
         counts += np.bincount(flat[start:start + 2 ** 22], minlength=counts.size)
+    return histogram_percentiles(counts, qs)
+
+
+def histogram_percentiles(counts, qs):
+    """``np.percentile`` (linear interpolation) of integer values ``0..len(counts)-1`` given
+    how often each occurs: exact, and the histograms of an image's parts simply add up."""
     cumulative = np.cumsum(counts)
+    size = int(cumulative[-1])
     values = []
     for q in qs:
-        position = q / 100.0 * (image.size - 1)
+        position = q / 100.0 * (size - 1)
         below = int(np.floor(position))
         lower = np.searchsorted(cumulative, below, side="right")
-        upper = np.searchsorted(cumulative, min(below + 1, image.size - 1), side="right")
+        upper = np.searchsorted(cumulative, min(below + 1, size - 1), side="right")
         values.append(lower + (position - below) * (upper - lower))
     return np.array(values)
 
@@ -121,21 +128,37 @@ def predict_tiled(image, predict_tiles, tile_size, output_size, period, normaliz
     Returns ``(H, W[, K])`` in the dtype ``predict_tiles`` returns. Memory holds the output and
     one batch of tiles, never the padded image.
     """
+    return predict_window(image, predict_tiles, tile_size, output_size, period,
+                          normalization_range(image, normalization),
+                          (0, 0, *image.shape[:2]), batch_size, on_batch)
+
+
+def predict_window(image, predict_tiles, tile_size, output_size, period, value_range, window,
+                   batch_size=1, on_batch=None):
+    """Network output for ``window = (top, left, height, width)`` of a ``YXC`` image, whose
+    values ``value_range = (lo, hi)`` map to 0 and 1.
+
+    Context outside ``image`` is mirrored. The output windows start at ``(top, left)`` and
+    step by a multiple of ``period``: the result is exact (equal to :func:`predict_tiled` of the
+    whole image) when ``(top, left)`` lies on the pooling grid of the whole image, e.g. when
+    ``image`` is a region already holding its mirrored context (chunked prediction).
+    """
+    top0, left0, height, width = window
     margin = (tile_size - output_size) // 2
-    height, width = image.shape[:2]
     stride, corners = tile_grid(height, width, output_size, period)
-    lo, hi = normalization_range(image, normalization)
+    lo, hi = value_range
     result = None
     for start in range(0, len(corners), batch_size):
         batch = corners[start:start + batch_size]
-        tiles = np.stack([apply_range(crop_reflect(image, top - margin, left - margin, tile_size,
-                                                   tile_size), lo, hi) for top, left in batch])
+        tiles = np.stack([apply_range(crop_reflect(image, top0 + top - margin,
+                                                   left0 + left - margin, tile_size, tile_size),
+                                      lo, hi) for top, left in batch])
         predicted = np.asarray(predict_tiles(tiles))
         if result is None:
             result = np.zeros((height, width, *predicted.shape[3:]), predicted.dtype)
-        for (top, left), window in zip(batch, predicted):
+        for (top, left), out in zip(batch, predicted):
             h, w = min(stride, height - top), min(stride, width - left)
-            result[top:top + h, left:left + w] = window[:h, :w]
+            result[top:top + h, left:left + w] = out[:h, :w]
         if on_batch:
             on_batch(len(batch))
     return result

@@ -1,6 +1,8 @@
 """From network output to what a person uses: instance labels (with settings tuned on
 validation images), files, overlays."""
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
@@ -103,3 +105,24 @@ def overlay(image, labels, color=(255, 64, 0)):
                             | (ndi.grey_dilation(labels, size=3) != labels))
     picture[edges] = color
     return picture
+
+
+def prediction_paths(labels_path, with_probabilities=False):
+    """The files ``predict`` writes for one input: labels, ``NAME_overlay.png`` and, on
+    request, ``NAME_probabilities.tif``."""
+    labels_path = Path(labels_path)
+    paths = [labels_path, labels_path.with_name(f"{labels_path.stem}_overlay.png")]
+    return paths + ([labels_path.with_name(f"{labels_path.stem}_probabilities.tif")]
+                    if with_probabilities else [])
+
+
+def write_prediction(labels_path, frames, labels, probabilities=None, overwrite=False):
+    """Write one input's results: its labels (a stack for several frames), the overlay of its
+    first frame and, if given, the probabilities; each file atomically."""
+    from .io import write_image
+    stack = lambda arrays: arrays[0] if len(arrays) == 1 else np.stack(arrays)
+    paths = prediction_paths(labels_path, probabilities is not None)
+    write_image(paths[0], stack(labels), overwrite=overwrite)
+    write_image(paths[1], overlay(frames[0], labels[0]), overwrite=overwrite)
+    if probabilities is not None:
+        write_image(paths[2], stack(probabilities), overwrite=overwrite)

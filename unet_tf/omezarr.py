@@ -1,0 +1,215 @@
+"""Images larger than memory: read OME-Zarr, zarr and TIFF region by region; write OME-Zarr.
+
+:class:`LazyImage` reads a 2-D image (``YX`` or ``YXC``) from disk one region at a time:
+OME-Zarr (NGFF 0.4 on zarr v2, 0.5 on zarr v3; the full-resolution level), a plain zarr
+array, or a TIFF through tifffile's zarr store. It pickles as its path, so Dask workers reopen
+it themselves. Axes other than ``y``, ``x`` and ``c`` (``t``, ``z``) must have size 1.
+
+The writer makes OME-Zarr images (NGFF 0.4, zarr v2: what napari, Fiji/MoBIE and QuPath read
+today) with a resolution pyramid (each level half the size of the last, nearest-neighbour)
+and a labels image under ``labels/<name>``. Needs the ``[large]`` extra (zarr, ome-zarr, dask).
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+NGFF_WRITE_VERSION = "0.4"
+PYRAMID_SMALLEST = 256   # stop halving once the level fits in this many pixels across
+
+
+def _require(module):
+    try:
+        return __import__(module)
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            f"large-image prediction needs {module}: pip install 'unet-tf[large]'") from None
+
+
+def is_zarr(path):
+    """Whether ``path`` names a zarr store (a folder with zarr metadata, or ``*.zarr``)."""
+    path = Path(path)
+    return path.suffix == ".zarr" or any((path / name).is_file() for name in
+                                         (".zgroup", ".zarray", "zarr.json"))
+
+
+class LazyImage:
+    """A 2-D image read region by region. ``shape`` is ``(H, W, C)``; :meth:`read` returns a
+    ``(h, w, C)`` numpy array. ``source`` is a path (OME-Zarr, zarr array, TIFF) or an array."""
+
+    def __init__(self, source):
+        self.source = source if isinstance(source, np.ndarray) else Path(source)
+        array, axes = self._open()
+        self._select(array, axes)
+
+    def _open(self):
+        """``(array, axes)``: something sliceable and its axis names (lower case)."""
+        if isinstance(self.source, np.ndarray):
+            return self.source, "yxc"[:self.source.ndim]
+        path = self.source
+        if not path.exists():
+            raise FileNotFoundError(f"image not found: {path}")
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+            with tifffile.TiffFile(path) as tif:
+                axes = tif.series[0].axes.lower().replace("s", "c")
+            _require("zarr")
+            import zarr
+            return zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r"), axes
+        if not is_zarr(path):
+            raise ValueError(f"{path}: expected an OME-Zarr/zarr store or a TIFF")
+        zarr = _require("zarr")
+        node = zarr.open(str(path), mode="r")
+        if not hasattr(node, "shape"):               # a group: OME-Zarr multiscales
+            attrs = dict(node.attrs)
+            multiscales = attrs.get("ome", attrs).get("multiscales")
+            if not multiscales:
+                raise ValueError(f"{path} is a zarr group without OME-Zarr 'multiscales' "
+                                 "metadata: point at the image (or its array) instead")
+            first = multiscales[0]
+            axes = "".join(a["name"] if isinstance(a, dict) else a for a in first["axes"])
+            return node[first["datasets"][0]["path"]], axes.lower()
+        return node, "yxc"[:node.ndim]
+
+    def _select(self, array, axes):
+        if len(axes) != array.ndim or not {"y", "x"} <= set(axes):
+            raise ValueError(f"{self.source}: cannot tell the y and x axes of a "
+                             f"{array.ndim}-D array (axes {axes!r})")
+        extra = {a: n for a, n in zip(axes, array.shape) if a not in "yxc" and n != 1}
+        if extra:
+            raise ValueError(f"{self.source}: expected one 2-D image (YX or YXC), got axes "
+                             f"{axes!r} with shape {tuple(array.shape)}: select a single "
+                             f"{'/'.join(extra)} first")
+        self.axes, self.dtype = axes, np.dtype(array.dtype)
+        sizes = dict(zip(axes, array.shape))
+        self.shape = (sizes["y"], sizes["x"], sizes.get("c", 1))
+        self._array = array
+
+    def read(self, top, bottom, left, right):
+        """Pixels ``[top:bottom, left:right]`` as ``(h, w, C)``."""
+        spans = {"y": slice(top, bottom), "x": slice(left, right), "c": slice(None)}
+        index = tuple(spans.get(a, 0) for a in self.axes)
+        kept = [a for a in self.axes if a in spans]
+        region = np.asarray(self._array[index])
+        region = np.transpose(region, [kept.index(a) for a in "yxc" if a in kept])
+        return region if "c" in kept else region[..., None]
+
+    def read_mirrored(self, top, left, height, width):
+        """Pixels ``[top:top+height, left:left+width]`` with mirrored content beyond the image
+        border (as :func:`unet_tf.overlap_tile.crop_reflect`), reading one bounding box."""
+        from .overlap_tile import reflect_index
+        rows = reflect_index(np.arange(top, top + height), self.shape[0])
+        cols = reflect_index(np.arange(left, left + width), self.shape[1])
+        box = self.read(rows.min(), rows.max() + 1, cols.min(), cols.max() + 1)
+        return box[(rows - rows.min())[:, None], (cols - cols.min())[None, :]]
+
+    def pixel_size(self):
+        """The ``y``/``x`` scale of an OME-Zarr's first level, or ``None``."""
+        if isinstance(self.source, np.ndarray) or not is_zarr(self.source):
+            return None
+        import zarr
+        node = zarr.open(str(self.source), mode="r")
+        if hasattr(node, "shape"):
+            return None
+        attrs = dict(node.attrs)
+        first = attrs.get("ome", attrs)["multiscales"][0]
+        for transform in first["datasets"][0].get("coordinateTransformations", []):
+            if transform.get("type") == "scale":
+                return {a: s for a, s in zip(self.axes, transform["scale"]) if a in "yx"}
+        return None
+
+    def __getstate__(self):  # workers reopen the file; arrays travel as they are
+        return {"source": self.source}
+
+    def __setstate__(self, state):
+        self.__init__(state["source"])
+
+    def __repr__(self):
+        return f"LazyImage({str(self.source) if isinstance(self.source, Path) else 'array'}, " \
+               f"shape={self.shape}, dtype={self.dtype})"
+
+
+def open_image(source):
+    """A :class:`LazyImage` of a path or array (an existing :class:`LazyImage` passes)."""
+    return source if isinstance(source, LazyImage) else LazyImage(source)
+
+
+# --------------------------------------------------------------------------- writing
+
+def _v04():
+    from ome_zarr.format import FormatV04
+    return FormatV04()
+
+
+def create_group(path):
+    """A new zarr v2 group at ``path`` (its folder must not exist)."""
+    zarr = _require("zarr")
+    _require("ome_zarr")
+    return zarr.open_group(str(path), mode="w-", zarr_format=2)
+
+
+def create_level(group, name, shape, dtype, chunk):
+    """An empty array ``name`` in ``group`` with square ``chunk`` x ``chunk`` chunks in y/x."""
+    chunks = (*([1] * (len(shape) - 2)), chunk, chunk)
+    return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0,
+                              overwrite=True)
+
+
+def build_pyramid(group, chunk):
+    """Add levels ``1, 2, ...`` to the array ``0`` of ``group``, each half the last
+    (nearest neighbour: every other pixel, so label ids stay valid), until it fits in
+    ``PYRAMID_SMALLEST`` pixels; chunk by chunk, never the whole level in memory.
+    Returns the number of levels."""
+    _require("dask")
+    import dask.array as da
+    level = 0
+    while max(group[str(level)].shape[-2:]) > PYRAMID_SMALLEST:
+        source = da.from_zarr(group[str(level)])
+        halved = source[..., ::2, ::2]
+        target = create_level(group, str(level + 1), halved.shape, halved.dtype, chunk)
+        da.store(halved.rechunk(target.chunks), target, lock=False, scheduler="threads")
+        level += 1
+    return level + 1
+
+
+def write_multiscales(group, levels, axes, name, pixel_size=None):
+    """NGFF ``multiscales`` metadata for ``levels`` arrays ``0..levels-1`` of ``group``."""
+    from ome_zarr.writer import write_multiscales_metadata
+    base = pixel_size or {}
+    datasets = []
+    for level in range(levels):
+        scale = [1.0 if a == "c" else float(base.get(a, 1.0)) * 2 ** level for a in axes]
+        datasets.append({"path": str(level),
+                         "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    types = {"c": "channel", "y": "space", "x": "space"}
+    write_multiscales_metadata(group, datasets, fmt=_v04(), name=name,
+                               axes=[{"name": a, "type": types[a]} for a in axes])
+
+
+def write_labels_metadata(root, name):
+    """Declare ``root/labels/<name>`` (a multiscales image) as the image's labels (NGFF
+    ``image-label``, listed in ``labels``)."""
+    from ome_zarr.writer import write_label_metadata
+    write_label_metadata(root["labels"], name, fmt=_v04(), source={"image": "../../"})
+
+
+def save_image(path, image, chunk=1024, pixel_size=None):
+    """Write a ``YX``/``YXC`` image (numpy or dask array) as an OME-Zarr image (``cyx``, with
+    its pyramid), atomically: to a hidden sibling first, renamed when complete."""
+    import os
+    _require("dask")
+    import dask.array as da
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists")
+    image = image[..., None] if image.ndim == 2 else image
+    if image.ndim != 3:
+        raise ValueError(f"expected a YX or YXC image, got shape {image.shape}")
+    partial = path.with_name(f".{path.name}.partial")
+    root = create_group(partial)
+    cyx = da.moveaxis(da.asarray(image), -1, 0)
+    target = create_level(root, "0", cyx.shape, cyx.dtype, chunk)
+    da.store(cyx.rechunk(target.chunks), target, lock=False, scheduler="threads")
+    write_multiscales(root, build_pyramid(root, chunk), "cyx", path.name, pixel_size)
+    os.replace(partial, path)
+    return path
