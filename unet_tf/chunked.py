@@ -232,9 +232,9 @@ def predict_lazy(folder, image, output="probabilities", chunk=CHUNK, runtime="ke
     lohi = value_range(image, local.normalization)
     tail = () if output == "labels" else (local.num_classes,)
     dtype = np.int32 if output == "labels" else np.float32
-    rows = {}
+    rows, source = {}, dask.delayed(image, pure=True)   # one key, not a copy per chunk
     for i, _, window in chunk_windows(image.shape, chunk):
-        block = dask.delayed(_predict_block, pure=True)(spec, image, lohi, window, output)
+        block = dask.delayed(_predict_block, pure=True)(spec, source, lohi, window, output)
         rows.setdefault(i, []).append(da.from_delayed(block, (*window[2:], *tail), dtype))
     return da.concatenate([da.concatenate(row, axis=1) for _, row in sorted(rows.items())],
                           axis=0)
@@ -374,7 +374,8 @@ def _relabel_chunk(partial, window, table):
 def default_halo(config, period):
     """Context around each chunk for labelling: twice the largest training objects (95th
     percentile of the plan's diameters; 32 px if unknown), on the pooling grid."""
-    diameters = config.get("plan", {}).get("fingerprint", {}).get("diameter_p5_p50_p95")
+    fingerprint = (config.get("plan") or {}).get("fingerprint") or {}
+    diameters = fingerprint.get("diameter_p5_p50_p95")
     largest = diameters[2] if diameters else 32.0
     return _round_up(int(np.ceil(2 * largest)), period)
 
