@@ -33,7 +33,7 @@ from .omezarr import (build_pyramid, create_group, create_level, open_image,
 
 CHUNK = 1024                    # output pixels per chunk side (rounded to the pooling period)
 CHUNK_MEMORY = 512 * 2 ** 20    # activations of one batch of tiles, per process
-BATCH = 4
+BATCH = 1        # tiles per forward pass: one large tile each (see Runner.tile_size)
 RUNTIMES = ("keras", "litert")
 LITERT_KINDS = ("int8", "fp16", "float32")   # preferred order of a folder's TFLite exports
 
@@ -119,14 +119,23 @@ class Runner:
         self.predict_tiles = predict_tiles
 
     def tile_size(self, height, width):
-        """The tile for a ``height`` x ``width`` window: the export's, or the largest Keras
-        tile whose batch fits :data:`CHUNK_MEMORY` and no larger than the window needs."""
+        """The tile for a ``height`` x ``width`` window: the export's; for Keras, tiles of one
+        batch each, as few as fit :data:`CHUNK_MEMORY`, just large enough to cover the window
+        evenly (a chunk of 1152 px gets 2 x 2 tiles of 576 px output, not 3 x 3 of 420)."""
         if self.fixed_tile:
             return self.fixed_tile
+        from .sizes import input_size_for_output, output_size
         from .tiling import inference_tile_size
         a = self.architecture
-        return inference_tile_size((height, width), a["depth"], a["upsampling"], a["filters"],
-                                   a["channels"], a["num_classes"], BATCH, CHUNK_MEMORY)
+        largest = inference_tile_size((height, width), a["depth"], a["upsampling"],
+                                      a["filters"], a["channels"], a["num_classes"], 1,
+                                      CHUNK_MEMORY)
+        most = output_size(largest, a["depth"], a["upsampling"])
+        stride = most - most % self.period          # >= one period (inference_tile_size)
+        side = max(height, width)
+        count = -(-side // stride)                  # tiles per side
+        per_tile = _round_up(-(-side // count), self.period)
+        return min(largest, input_size_for_output(per_tile, a["depth"], a["upsampling"]))
 
     def predict(self, image, value_range, window):
         """Probabilities ``(h, w, K)`` of ``window = (top, left, h, w)`` of a
