@@ -21,8 +21,8 @@ from unet_tf.tiling import predict_tiled
 PACKAGE = Path(unet_tf.__file__).parent
 REPO = PACKAGE.parent
 TRAINING_CODE = {"training", "data", "augment", "distribute", "callbacks", "losses"}
-PREDICTION_AND_EXPORT = {"tiling", "model_folder", "unet", "metrics", "postprocess",
-                         "exporters", "exporters.common", "exporters.savedmodel",
+PREDICTION_AND_EXPORT = {"tiling", "model_folder", "unet", "metrics", "postprocess", "chunked",
+                         "omezarr", "exporters", "exporters.common", "exporters.savedmodel",
                          "exporters.tflite", "exporters.onnx", "exporters.bioimageio",
                          "exporters.edgetpu"}
 

@@ -135,7 +135,7 @@ def test_stitching_joins_cut_objects_and_keeps_touching_ones_apart():
         core = ((top - t0, top - t0 + h), (left - l0, left - l0 + w))
         inside = renumbered[slice(*core[0]), slice(*core[1])]
         records[(i, j)] = {"present": np.unique(inside), "top": renumbered.max(),
-                           "core": inside, **chunked._edges(renumbered, core)}
+                           "core": inside, **chunked.edge_lines(renumbered, core)}
     tables = chunked.stitch(records, (2, 2))
     stitched = np.block([[tables[(i, j)][records[(i, j)]["core"]] for j in range(2)]
                          for i in range(2)])

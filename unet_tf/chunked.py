@@ -196,6 +196,19 @@ def _aligned_chunk(chunk, period):
     return chunk - chunk % period
 
 
+def _fitted_chunk(chunk, halo, model):
+    """For a fixed tile (LiteRT): the chunk near ``chunk`` whose window with its halo is a
+    whole number of tile strides, so no tile is spent on pixels past the window."""
+    from .sizes import output_size
+    a = model.architecture
+    out = output_size(model.fixed_tile, a["depth"], a["upsampling"])
+    stride = out - out % model.period
+    count = max(1, round((chunk + 2 * halo) / stride))
+    while count * stride - 2 * halo < model.period:
+        count += 1
+    return count * stride - 2 * halo
+
+
 def _convert(probabilities, output):
     if output == "labels":
         return probabilities.argmax(-1).astype(np.int32)
@@ -273,7 +286,7 @@ def _run(calls, client, on_done):
     return results
 
 
-def _edges(labels, core):
+def edge_lines(labels, core):
     """The lines at each side of a chunk's core: its own edge line (``in``) and the line just
     outside it as labelled with this chunk's context (``out``, where the halo reaches)."""
     (t, b), (l, r) = core
@@ -316,7 +329,7 @@ def _segment_chunk(spec, image, lohi, window, halo, partial, with_probabilities,
     tmp = record.with_name(f".{record.name}")
     with open(tmp, "wb") as handle:
         np.savez(handle, present=np.unique(labels[inside]), top=labels.max(initial=0),
-                 **_edges(labels, core))
+                 **edge_lines(labels, core))
     os.replace(tmp, record)
 
 
@@ -462,9 +475,11 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
     if image.shape[2] != model.channels:
         raise ValueError(f"image has {image.shape[2]} channels, the model expects "
                          f"{model.channels}")
-    chunk = _aligned_chunk(chunk, model.period)
     halo = default_halo(model.config, model.period) if halo is None else \
         _round_up(halo, model.period)
+    chunk = _aligned_chunk(chunk, model.period)
+    if model.fixed_tile:
+        chunk = _fitted_chunk(chunk, halo, model)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     run = {"model": spec[0], "image": str(image.source) if isinstance(image.source, Path)
@@ -571,7 +586,13 @@ def dask_client(workers=None, scheduler=None):
         with Client(scheduler) as client:
             yield client, None
         return
+    import dask
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    # Dask's default worker environment sets MALLOC_TRIM_THRESHOLD_=65536 and one OpenMP
+    # thread: measured here, TensorFlow then runs a chunk ~1.5-2x slower.
+    environment = {name: str(threads) for name in
+                   ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                         dashboard_address=None) as cluster, Client(cluster) as client:
         yield client, threads
