@@ -1,6 +1,7 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # napari widget tests: no display needed
 
 import numpy as np
 import pytest

@@ -126,6 +126,22 @@ def match_instances(truth, prediction, thresholds=THRESHOLDS):
     }
 
 
+def merges_and_splits(truth, prediction):
+    """Where the cells went wrong, as a label image: ``1`` on predicted objects that merge two
+    or more true ones, ``2`` on true objects split among two or more predicted ones (the
+    ``merged``/``split`` counts of :func:`match_instances`), ``0`` elsewhere."""
+    truth, prediction = _pair(truth, prediction)
+    truth = _relabel(as_instances(truth, "truth"))
+    prediction = _relabel(as_instances(prediction, "prediction"))
+    _, table, sizes_true, sizes_pred = _iou_matrix(truth, prediction)
+    merged = (table > sizes_true[:, None] / 2.0).sum(0) >= 2      # per predicted object
+    split = (table > sizes_pred[None, :] / 2.0).sum(1) >= 2       # per true object
+    problems = np.zeros(truth.shape, np.uint8)
+    problems[np.concatenate([[False], merged])[prediction]] = 1
+    problems[np.concatenate([[False], split])[truth]] = 2
+    return problems
+
+
 def _relabel(labels):
     """Consecutive labels 1..N (so tables stay small for sparse label values)."""
     labels = np.asarray(labels, np.int64)

@@ -1,0 +1,163 @@
+"""The napari plugin: Segment, Train, Evaluate, cancel, errors.
+
+The widgets are real Qt widgets (offscreen) working on napari's real viewer model (its layer
+list and ``add_*`` methods) with napari's Qt worker threads. The full ``napari.Viewer`` of
+``make_napari_viewer`` also needs an OpenGL context for its canvas, which an offscreen Qt has
+only with an X server (e.g. ``xvfb-run``); where one is found, the viewer is the full one.
+"""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.utils.notifications import notification_manager
+
+from unet_tf.napari_plugin.widgets import (EvaluateWidget, SegmentWidget, TrainWidget,
+                                           nuclei_sample)
+
+WAIT = 300_000   # ms: a worker on a busy 2-core CI machine
+
+
+def errors_shown():
+    return [str(n.message) for n in notification_manager.records
+            if getattr(n, "severity", None) is not None and n.severity.name == "ERROR"]
+
+
+@pytest.fixture
+def viewer(qapp, request):
+    if os.environ.get("DISPLAY"):
+        viewer = request.getfixturevalue("make_napari_viewer")()
+    else:
+        from napari.components import ViewerModel
+        viewer = ViewerModel()
+    for data, meta, kind in nuclei_sample():
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    return viewer
+
+
+def docked(viewer, widget_class):
+    widget = widget_class(viewer)
+    if hasattr(viewer, "window"):
+        viewer.window.add_dock_widget(widget)
+    widget.reset_choices()
+    return widget
+
+
+def test_manifest_validates_and_is_discovered():
+    import npe2
+    from importlib.resources import files
+    manifest = npe2.PluginManifest.from_file(files("unet_tf.napari_plugin") / "napari.yaml")
+    assert {w.display_name for w in manifest.contributions.widgets} == \
+        {"Segment", "Train", "Evaluate"}
+    manager = npe2.PluginManager.instance()
+    manager.discover()
+    assert "unet-tf" in manager._manifests  # installed: napari finds it by its entry point
+
+
+def test_segment_gives_labels_of_the_image_shape(viewer, qtbot, trained_folder):
+    widget = docked(viewer, SegmentWidget)
+    widget.image.value = viewer.layers["nuclei"]
+    widget.model.value = str(trained_folder)
+    widget.probabilities.value = True
+    assert "depth 4" in widget.info.value
+    widget.segment()
+    qtbot.waitUntil(lambda: "nuclei [unet-tf]" in viewer.layers, timeout=WAIT)
+    labels = viewer.layers["nuclei [unet-tf]"].data
+    assert labels.shape == viewer.layers["nuclei"].data.shape
+    assert 60 <= len(np.unique(labels)) - 1 <= 200          # 125 nuclei in the sample
+    assert viewer.layers["nuclei probability [unet-tf]"].data.shape == labels.shape
+    assert len(np.unique(viewer.layers["nuclei labels"].data)) == 126  # annotations untouched
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=WAIT)
+
+
+def test_train_writes_a_folder_that_segment_uses_and_evaluate_scores(viewer, qtbot,
+                                                                       tmp_path):
+    train = docked(viewer, TrainWidget)
+    train.image.value, train.labels.value = viewer.layers["nuclei"], viewer.layers["nuclei labels"]
+    train.out.value = str(tmp_path / "model")
+    train.steps.value = 3
+    train.train()
+    qtbot.waitUntil(lambda: train.trained is not None, timeout=WAIT)
+    assert (tmp_path / "model" / "model.keras").is_file()
+    assert "depth" in train.plan.value                      # the plan table was shown
+    segment = docked(viewer, SegmentWidget)
+    segment.image.value = viewer.layers["nuclei"]
+    segment.model.value = str(train.trained)
+    segment.segment()
+    qtbot.waitUntil(lambda: "nuclei [unet-tf]" in viewer.layers, timeout=WAIT)
+    evaluate = docked(viewer, EvaluateWidget)
+    evaluate.truth.value = viewer.layers["nuclei labels"]
+    evaluate.prediction.value = viewer.layers["nuclei [unet-tf]"]
+    evaluate.evaluate()
+    table = evaluate.table.to_dict("list")
+    assert table["metric"][:2] == ["foreground_iou", "f1"] and len(table["value"]) == 10
+    assert evaluate.metrics["true"] == 125
+    assert "merged / split" in viewer.layers
+
+
+def test_evaluate_scores_a_perfect_and_a_merged_prediction(viewer):
+    truth = viewer.layers["nuclei labels"].data
+    merged = truth.copy()
+    a, b = np.unique(truth)[1:3]
+    merged[merged == b] = a                                   # two nuclei as one object
+    viewer.add_labels(merged, name="merged")
+    widget = docked(viewer, EvaluateWidget)
+    widget.truth.value, widget.prediction.value = viewer.layers["nuclei labels"], \
+        viewer.layers["merged"]
+    widget.evaluate()
+    assert widget.metrics["foreground_iou"] == 1.0
+    assert widget.metrics["merged"] == 1 and widget.metrics["predicted"] == 124
+    assert set(np.unique(viewer.layers["merged / split"].data)) == {0, 1}
+
+
+def test_cancel_stops_training_and_keeps_a_usable_model(viewer, qtbot, tmp_path):
+    train = docked(viewer, TrainWidget)
+    train.image.value, train.labels.value = viewer.layers["nuclei"], viewer.layers["nuclei labels"]
+    train.out.value = str(tmp_path / "model")
+    train.steps.value = 5000                                  # would take many minutes
+    train.train()
+    errors = len(errors_shown())
+    qtbot.waitUntil(lambda: train.state["step"] >= 2 or len(errors_shown()) > errors,
+                    timeout=WAIT)
+    assert len(errors_shown()) == errors, errors_shown()[-1]
+    train.cancel_button.native.click()                       # as a user clicks Cancel
+    qtbot.waitUntil(lambda: train.trained is not None, timeout=WAIT)
+    assert train.state["step"] < 100
+    assert "cancelled" in train.loss.value
+    from unet_tf import UNet
+    assert UNet.from_folder(tmp_path / "model").segment(
+        viewer.layers["nuclei"].data[:128, :128]).shape == (128, 128)
+
+
+def test_bad_input_shows_a_message_and_changes_no_layer(viewer, qtbot, tmp_path,
+                                                       trained_folder):
+    from napari.components import ViewerModel
+    empty = SegmentWidget(ViewerModel())                       # no image layer at all
+    empty.reset_choices()
+    empty.segment()
+    assert "choose an image layer" in errors_shown()[-1]
+    widget = docked(viewer, SegmentWidget)
+    before = [layer.name for layer in viewer.layers]
+    viewer.add_image(np.zeros((2, 3, 32, 32), np.uint8), name="4d")
+    widget.reset_choices()
+    widget.image.value = viewer.layers["4d"]
+    widget.model.value = str(trained_folder)
+    widget.segment()
+    assert "got 4-D data" in errors_shown()[-1]
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_folder, broken)
+    (broken / "config.json").write_text("{not json")
+    widget.image.value = viewer.layers["nuclei"]
+    widget.model.value = str(broken)
+    widget.segment()
+    assert "config.json" in errors_shown()[-1]
+    assert [layer.name for layer in viewer.layers] == before + ["4d"]
+    evaluate = docked(viewer, EvaluateWidget)
+    evaluate.truth.value = evaluate.prediction.value = viewer.layers["nuclei labels"]
+    evaluate.evaluate()
+    assert "two different" in errors_shown()[-1]

@@ -1,0 +1,387 @@
+"""The napari widgets: Segment, Train, Evaluate, and the nuclei sample.
+
+Long work runs in a worker thread (``napari.qt.threading``), so the viewer stays responsive; a
+progress bar follows it and Cancel stops it at the next chunk (Segment) or training step
+(Train). Errors appear in napari's notifications with the CLI's one-line messages, and change
+no layer. Needs the ``[napari]`` extra.
+"""
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, Label, LineEdit,
+                              ProgressBar, PushButton, SpinBox, Table, TextEdit)
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               PermissionError)
+SEGMENT_CHUNK = 1024    # pixels per side predicted between progress updates / cancel checks
+
+
+def demo_model_folder():
+    """Where the bundled demo model is cached (``UNET_TF_CACHE``, default ~/.cache/unet-tf)."""
+    cache = os.environ.get("UNET_TF_CACHE") or Path.home() / ".cache" / "unet-tf"
+    return Path(cache) / "demo-model"
+
+
+def nuclei_sample():
+    """napari sample data: the bundled nuclei image and its instance labels."""
+    from unet_tf.samples import load_sample
+    image, labels = load_sample()
+    return [(image, {"name": "nuclei"}, "image"),
+            (labels.astype(np.int32), {"name": "nuclei labels"}, "labels")]
+
+
+def frames_of(data, rgb=False, what="image"):
+    """A layer's data as a list of 2-D frames (``YX``, or ``YXC`` for RGB): a stack or time
+    series gives one frame per plane; a clear error otherwise."""
+    data = np.asarray(data)
+    planes = data.ndim - (1 if rgb else 0)
+    if planes == 2:
+        return [data]
+    if planes == 3:
+        return list(data)
+    raise ValueError(f"expected a 2-D {what} or a stack of 2-D frames (3-D), got "
+                     f"{data.ndim}-D data of shape {data.shape}")
+
+
+def _report(error):
+    """Notify a failure: one line for the user's mistakes, the type too for anything else."""
+    if isinstance(error, USER_ERRORS):
+        show_error(f"unet-tf: {error}")
+    else:
+        show_error(f"unet-tf: internal error: {type(error).__name__}: {error}")
+
+
+class _Job:
+    """A worker and its Cancel flag, wired to a progress bar and a Run/Cancel pair."""
+
+    def __init__(self, run_button, cancel_button, bar):
+        self.run, self.cancel, self.bar = run_button, cancel_button, bar
+        self.worker, self.cancelled = None, threading.Event()
+        self.cancel.enabled = False
+        self.cancel.changed.connect(self.stop)
+
+    def start(self, function, on_done, *args):
+        self.cancelled.clear()
+        worker = create_worker(function, *args, _start_thread=False)
+        if hasattr(worker, "yielded"):
+            worker.yielded.connect(self.show)
+        worker.returned.connect(on_done)
+        worker.errored.connect(_report)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        self.run.enabled, self.cancel.enabled = False, True
+        worker.start()
+
+    def show(self, progress):
+        done, total = progress
+        self.bar.max, self.bar.value = max(total, 1), done
+
+    def stop(self):
+        """Cancel: a generator (Segment) quits at its next chunk, and nothing is added; a
+        function (Train) sees the flag at its next step and returns what it has."""
+        self.cancelled.set()
+        if self.worker is not None and hasattr(self.worker, "yielded"):
+            self.worker.quit()
+
+    def _finished(self):
+        self.run.enabled, self.cancel.enabled = True, False
+        self.worker = None
+
+    @property
+    def running(self):
+        return self.worker is not None
+
+
+# --------------------------------------------------------------------------- Segment
+
+def _segment(folder, frames, with_probabilities):
+    """Generator run in a worker: yields ``(done, total)`` chunks; returns labels and
+    probabilities (stacked for several frames)."""
+    from unet_tf import chunked, overlap_tile
+    from unet_tf.omezarr import open_image
+    from unet_tf.postprocess import label_image
+    model = chunked.runner(str(folder))
+    frames = [overlap_tile.as_yxc_with(frame, model.channels) for frame in frames]
+    chunk = max(SEGMENT_CHUNK - SEGMENT_CHUNK % model.period, model.period)
+    windows = [chunked.chunk_windows(frame.shape, chunk) for frame in frames]
+    total, done = sum(map(len, windows)), 0
+    labels, probabilities = [], []
+    for frame, frame_windows in zip(frames, windows):
+        lohi = overlap_tile.normalization_range(frame, model.normalization)
+        lazy = open_image(frame)
+        result = np.zeros((*frame.shape[:2], model.num_classes), np.float32)
+        for _, _, (top, left, height, width) in frame_windows:
+            result[top:top + height, left:left + width] = model.predict(
+                lazy, lohi, (top, left, height, width))
+            done += 1
+            yield done, total
+        labels.append(label_image(result, model.settings))
+        if with_probabilities:
+            probabilities.append(result[..., 1:].max(-1) if model.num_classes > 2
+                                 else result[..., 1])
+    stack = lambda arrays: arrays[0] if len(arrays) == 1 else np.stack(arrays)
+    return stack(labels), (stack(probabilities) if with_probabilities else None)
+
+
+def _train_demo_model(folder):
+    """The demo's plan and training on the whole bundled sample, cached for the next use."""
+    from unet_tf import UNet
+    from unet_tf.demo import DEMO_BUDGET
+    from unet_tf.planner import make_plan
+    from unet_tf.samples import load_sample
+    image, labels = load_sample()
+    plan = make_plan([image], [labels], DEMO_BUDGET, at_least_minimum=True)
+    UNet.train(plan.config(out=str(folder)), [image], [labels], overwrite=True, verbose=0,
+               plan=plan)
+
+
+class SegmentWidget(Container):
+    """Image layer + model folder -> a Labels layer of instances (and the probability)."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=self._images)
+        self.model = FileEdit(label="model folder", mode="d", value="")
+        self.model.tooltip = "empty: the bundled demo model (trained once, ~2 min, then cached)"
+        self.probabilities = CheckBox(text="also add the foreground probability", value=False)
+        self.info = Label(value="")
+        self.run = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel")
+        self.bar = ProgressBar(value=0, max=1, label="progress")
+        self.extend([self.image, self.model, self.probabilities, self.run, self.cancel_button,
+                     self.bar, self.info])
+        self.job = _Job(self.run, self.cancel_button, self.bar)
+        self.run.changed.connect(self.segment)
+        self.model.changed.connect(self._describe)
+        self._describe()
+
+    def _images(self, _=None):
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def folder(self):
+        text = str(self.model.value).strip()
+        return demo_model_folder() if text in ("", ".") else Path(text)
+
+    def _describe(self, _=None):
+        folder = self.folder()
+        if not (folder / "config.json").is_file():
+            self.info.value = ("demo model: trained on first use" if folder == demo_model_folder()
+                               else "")
+            return
+        try:
+            from unet_tf.model_folder import read_config
+            config = read_config(folder)
+        except USER_ERRORS as error:
+            self.info.value = f"not a model folder: {error}"[:120]
+            return
+        a = config["architecture"]
+        self.info.value = (f"depth {a['depth']}, {a['filters']} filters, {a['num_classes']} "
+                           "classes; runtime Keras, tiles sized per 1024 px chunk")
+
+    def segment(self, _=None):
+        """Start segmenting the chosen layer; a Labels layer appears when done."""
+        if self.job.running:
+            return
+        layer = self.image.value
+        try:
+            if layer is None:
+                raise ValueError("choose an image layer to segment (open an image first)")
+            frames = frames_of(layer.data, layer.rgb)
+            folder = self.folder()
+            if folder == demo_model_folder() and not (folder / "config.json").is_file():
+                show_info("unet-tf: training the demo model once (~2 min); it is cached in "
+                          f"{folder}")
+                return self.job.start(_train_demo_model, lambda _: self.segment(), folder)
+            from unet_tf.model_folder import read_config
+            read_config(folder)   # a broken folder says so here, before the worker starts
+        except USER_ERRORS as error:
+            return _report(error)
+        self.job.start(_segment, lambda result: self._add(layer, result), folder, frames,
+                       self.probabilities.value)
+
+    def _add(self, layer, result):
+        labels, probability = result
+        geometry = {"scale": layer.scale[-labels.ndim:], "translate": layer.translate[-labels.ndim:]}
+        self._show(self.viewer.add_labels, f"{layer.name} [unet-tf]", labels, geometry)
+        if probability is not None:
+            self._show(self.viewer.add_image, f"{layer.name} probability [unet-tf]", probability,
+                       {**geometry, "colormap": "magma", "blending": "additive", "opacity": 0.5})
+        count = int(labels.max())
+        self.info.value = f"{count} objects in {layer.name!r}"
+        show_info(f"unet-tf: {count} objects in {layer.name}")
+
+    def _show(self, add, name, data, options):
+        """Replace the data of our own earlier layer of that name, else add a new layer."""
+        if name in self.viewer.layers and self.viewer.layers[name].metadata.get("unet-tf"):
+            self.viewer.layers[name].data = data
+        else:
+            add(data, name=name, metadata={"unet-tf": True}, **options)
+
+
+# --------------------------------------------------------------------------- Train
+
+def _stop_on_cancel(cancelled, state):
+    """A Keras callback: records step and loss for the widget, and stops on Cancel."""
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            state["step"] += 1
+            state["loss"].append(float((logs or {}).get("loss", np.nan)))
+            if cancelled.is_set():
+                self.model.stop_training = True
+
+    return Progress()
+
+
+def _train(frames, masks, out, budget, steps, cancelled, state):
+    """Plan and train (in a worker); returns the model folder."""
+    from unet_tf import UNet
+    from unet_tf.planner import make_plan
+    overrides = {"epochs": 1, "steps_per_epoch": steps, "val_split": 0.0} if steps else None
+    plan = make_plan(frames, masks, budget, overrides)
+    state["plan"] = plan.table()
+    config = plan.config(out=str(out))
+    state["total"] = config.epochs * config.steps_per_epoch
+    UNet.train(config, frames, masks, overwrite=True, verbose=0, plan=plan,
+               callbacks=[_stop_on_cancel(cancelled, state)])
+    return out
+
+
+class TrainWidget(Container):
+    """Image + Labels layers -> a model folder, planned within a time budget."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=lambda _: self._layers(Image))
+        self.labels = ComboBox(label="labels", choices=lambda _: self._layers(Labels))
+        self.out = FileEdit(label="model folder", mode="d", value="unet-tf-model")
+        self.budget = LineEdit(label="time budget", value="10m")
+        self.steps = SpinBox(label="steps (0: planned)", value=0, min=0, max=100000)
+        self.run = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel")
+        self.bar = ProgressBar(value=0, max=1, label="steps")
+        self.loss = Label(value="")
+        self.plan = TextEdit(value="", label="plan")
+        self.extend([self.image, self.labels, self.out, self.budget, self.steps, self.run,
+                     self.cancel_button, self.bar, self.loss, self.plan])
+        self.job = _Job(self.run, self.cancel_button, self.bar)
+        self.run.changed.connect(self.train)
+        self.state = None
+        self.trained = None
+
+    def _layers(self, kind):
+        return [layer for layer in self.viewer.layers if isinstance(layer, kind)]
+
+    def _data(self):
+        image, labels = self.image.value, self.labels.value
+        if image is None or labels is None:
+            raise ValueError("choose an image layer and a labels layer (the annotations)")
+        frames = frames_of(image.data, image.rgb)
+        masks = frames_of(labels.data, what="labels layer")
+        if len(frames) != len(masks) or frames[0].shape[:2] != masks[0].shape:
+            raise ValueError(f"image {image.name!r} {np.shape(image.data)} and labels "
+                             f"{labels.name!r} {np.shape(labels.data)} do not match")
+        return frames, [np.asarray(m) for m in masks]
+
+    def train(self, _=None):
+        """Start planning and training; the folder is written when done (or cancelled)."""
+        if self.job.running:
+            return
+        try:
+            frames, masks = self._data()
+            out = Path(str(self.out.value))
+            if (out / "model.keras").exists():
+                show_info(f"unet-tf: {out} holds a model; training replaces it")
+            from unet_tf.planner import parse_duration
+            parse_duration(self.budget.value)
+        except USER_ERRORS as error:
+            return _report(error)
+        self.state = {"step": 0, "total": 0, "loss": [], "plan": "", "start": time.time()}
+        self.job.start(_train, self._done, frames, masks, out, self.budget.value,
+                       self.steps.value, self.job.cancelled, self.state)
+        self._poll()
+
+    def _poll(self):
+        """Refresh the plan, bar and loss from the worker's state while it runs."""
+        from qtpy.QtCore import QTimer
+        state = self.state
+        if state["plan"] and not self.plan.value:
+            self.plan.value = state["plan"]
+        if state["total"]:
+            self.bar.max, self.bar.value = state["total"], min(state["step"], state["total"])
+        if state["loss"]:
+            recent = state["loss"][-10:]
+            self.loss.value = (f"step {state['step']}: loss {np.mean(recent):.4f} "
+                               f"({time.time() - state['start']:.0f} s)")
+        if self.job.running:
+            QTimer.singleShot(300, self._poll)
+
+    def _done(self, folder):
+        self.trained = Path(folder)
+        stopped = " (cancelled: the model so far)" if self.job.cancelled.is_set() else ""
+        self.loss.value += f" -> {folder}{stopped}"
+        show_info(f"unet-tf: model written to {folder}{stopped}; choose it in Segment")
+
+
+# --------------------------------------------------------------------------- Evaluate
+
+class EvaluateWidget(Container):
+    """Predicted vs true Labels layers -> the metrics table; merges and splits highlighted."""
+
+    ROWS = ("foreground_iou", "f1", "ap50", "mean_ap", "true", "predicted", "missed",
+            "false_positives", "merged", "split")
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        labels = lambda _: [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
+        self.prediction = ComboBox(label="predicted", choices=labels)
+        self.truth = ComboBox(label="ground truth", choices=labels)
+        self.run = PushButton(text="Evaluate")
+        self.table = Table(value={"metric": [], "value": []})
+        self.extend([self.prediction, self.truth, self.run, self.table])
+        self.run.changed.connect(self.evaluate)
+
+    def evaluate(self, _=None):
+        """Fill the table; add a ``merged / split`` layer (1: merged, 2: split)."""
+        from unet_tf.metrics import evaluate, merges_and_splits
+        try:
+            predicted, truth = self.prediction.value, self.truth.value
+            if predicted is None or truth is None:
+                raise ValueError("choose a predicted and a ground-truth labels layer")
+            if predicted is truth:
+                raise ValueError("choose two different labels layers")
+            if np.shape(predicted.data) != np.shape(truth.data):
+                raise ValueError(f"{predicted.name!r} {np.shape(predicted.data)} and "
+                                 f"{truth.name!r} {np.shape(truth.data)} differ in shape")
+            pairs = list(zip(frames_of(truth.data, what="labels layer"),
+                             frames_of(predicted.data, what="labels layer")))
+            rows = [evaluate(np.asarray(t), np.asarray(p)) for t, p in pairs]
+            problems = np.stack([merges_and_splits(np.asarray(t), np.asarray(p))
+                                 for t, p in pairs])
+        except USER_ERRORS as error:
+            return _report(error)
+        values = [float(np.mean([r[k] for r in rows])) if k in ("foreground_iou", "f1", "ap50",
+                                                               "mean_ap")
+                  else int(sum(r[k] for r in rows)) for k in self.ROWS]
+        self.table.value = {"metric": list(self.ROWS),
+                            "value": [f"{v:.4f}" if isinstance(v, float) else str(v)
+                                      for v in values]}
+        problems = problems[0] if len(pairs) == 1 else problems
+        name = "merged / split"
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = problems
+        else:
+            self.viewer.add_labels(problems, name=name, opacity=0.7,
+                                   scale=predicted.scale[-problems.ndim:])
+        self.metrics = dict(zip(self.ROWS, values))
