@@ -48,6 +48,7 @@ def mosaic(sample, shape):
     return np.tile(tile, reps)[:shape[0], :shape[1]]
 
 
+@pytest.mark.slow
 def test_chunks_on_two_workers_equal_one_pass_over_the_whole_image(folder, cluster, sample):
     image = mosaic(sample, (2048, 3000))
     expected = UNet.from_folder(folder).predict(image)
@@ -57,6 +58,7 @@ def test_chunks_on_two_workers_equal_one_pass_over_the_whole_image(folder, clust
     np.testing.assert_allclose(result, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ome_zarr_round_trip_labels_match_whole_image_segmentation(folder, sample, tmp_path):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
@@ -90,6 +92,7 @@ def test_ome_zarr_round_trip_labels_match_whole_image_segmentation(folder, sampl
     assert not list(tmp_path.glob(".*partial*"))
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_and_gives_the_same_labels(folder, sample, tmp_path):
     image = mosaic(sample, (768, 768))
     reference = chunked.segment_to_zarr(folder, image, tmp_path / "reference.ome.zarr",
@@ -145,6 +148,7 @@ def test_stitching_joins_cut_objects_and_keeps_touching_ones_apart():
     assert len(np.unique(stitched[truth > 0])) == 5
 
 
+@pytest.mark.slow
 def test_cli_spreads_a_folder_over_an_existing_cluster(folder, cluster, sample, tmp_path):
     image = sample[0]
     for name, rows in (("a", slice(0, 256)), ("b", slice(256, 512)), ("c", slice(100, 400))):

@@ -11,7 +11,7 @@ plain ``keras.saving.load_model`` afterwards. The main entry points::
 
 import os
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # TensorFlow's C++ start-up lines (CPU feature notes, oneDNN) are INFO/WARNING noise for our
 # users and would break the CLI's one-line error rule; an explicit setting is kept.
