@@ -402,6 +402,14 @@ def default_halo(config, period):
     return _round_up(int(np.ceil(2 * largest)), period)
 
 
+def _identity(image):
+    """What a resumed run must find again: the file's path, or an array's SHA-1."""
+    if isinstance(image.source, Path):
+        return str(image.source.resolve())
+    import hashlib
+    return "sha1:" + hashlib.sha1(np.ascontiguousarray(image.source).data).hexdigest()
+
+
 def _prepare(partial, run, image, chunk, model, with_probabilities):
     """Create the partial store, or check that the one there is this run's (to resume)."""
     record = partial / "run.json"
@@ -410,6 +418,9 @@ def _prepare(partial, run, image, chunk, model, with_probabilities):
             raise FileExistsError(
                 f"{partial} holds an unfinished run with other settings: remove it, or run "
                 "again with the same model, image, chunk and options to resume it")
+        if not (partial / "provisional").is_dir():
+            raise FileExistsError(f"{partial} was stopped while it was being finished: "
+                                  "remove it and run again")
         return
     root = create_group(partial)
     height, width, channels = image.shape
@@ -482,8 +493,8 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
         chunk = _fitted_chunk(chunk, halo, model)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
-    run = {"model": spec[0], "image": str(image.source) if isinstance(image.source, Path)
-           else "array", "shape": list(image.shape), "chunk": chunk, "halo": halo,
+    run = {"model": spec[0], "image": _identity(image), "shape": list(image.shape),
+           "chunk": chunk, "halo": halo,
            "runtime": runtime, "probabilities": bool(probabilities), "postprocessing": overrides}
     _prepare(partial, run, image, chunk, model, probabilities)
     windows = chunk_windows(image.shape, chunk)
@@ -496,6 +507,8 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
         if progress:
             progress(done[0], len(windows))
 
+    if client is not None and not isinstance(image.source, Path):
+        image = client.scatter(image, broadcast=True)   # an array travels once, not per chunk
     _run([(_segment_chunk, (spec, image, lohi, window, halo, str(partial), probabilities,
                             overrides, f"{i}_{j}")) for i, j, window in todo], client, tick)
     records = {(i, j): dict(np.load(partial / "chunks" / f"{i}_{j}.npz"))
