@@ -26,9 +26,9 @@ def run_cli(*args):
 
 @pytest.fixture(scope="module")
 def folder(trained_folder, tmp_path_factory):
-    """A copy of the session's trained folder (exports made here stay here)."""
+    """A copy of the session's trained folder without the exports other tests made in it."""
     copy = tmp_path_factory.mktemp("large") / "model"
-    shutil.copytree(trained_folder, copy)
+    shutil.copytree(trained_folder, copy, ignore=shutil.ignore_patterns("export"))
     return copy
 
 
