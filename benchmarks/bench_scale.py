@@ -2,7 +2,7 @@
 Keras vs LiteRT int8.
 
     python benchmarks/bench_scale.py [--model M] [--sizes 1024 2048 4096 8192]
-        [--modes memory chunked workers1 workers2 litert] [--work DIR]
+        [--modes memory chunked core1 workers1 workers2 litert] [--work DIR]
 
 Each image is the bundled nuclei sample mirrored and repeated to ``N x N`` uint16 pixels,
 stored as OME-Zarr (1024^2 chunks). Each mode runs in a fresh process; the parent samples the
@@ -13,13 +13,14 @@ the largest. Modes:
   skipped above 8192^2.
 - ``chunked``: ``segment_to_zarr`` in one process (``unet-tf predict M in.ome.zarr --out
   out.ome.zarr``); ``workers1`` / ``workers2``: the same on a local Dask cluster of 1 or 2
-  worker processes sharing the cores (``--workers 1|2``); ``litert``: chunked, one process,
-  the folder's int8 TFLite export (``--runtime litert``).
+  worker processes sharing the cores (``--workers 1|2``; one worker gets all cores);
+  ``core1``: one worker limited to one core, the unit a cluster of one-core workers adds;
+  ``litert``: chunked, one process, the folder's int8 TFLite export (``--runtime litert``).
 
 Throughput is output megapixels per second of the call (worker start-up included, process
-start-up not). Prints ``RESULT`` lines: 2 workers over 1, LiteRT int8 over Keras (chunked), and
-the foreground IoU of the LiteRT labels against Keras'. ``--model``: a model folder (default:
-one trained here for ~2 min on the sample, depth 4, 16 filters).
+start-up not). Prints ``RESULT`` lines: 2 workers over 1 worker and over 1 core, LiteRT int8
+over Keras (chunked), and the foreground IoU of the LiteRT labels against Keras'. ``--model``:
+a model folder (default: one trained here for ~2 min on the sample, depth 4, 16 filters).
 """
 
 import argparse
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODES = ("memory", "chunked", "workers1", "workers2", "litert")
+MODES = ("memory", "chunked", "core1", "workers1", "workers2", "litert")
 IN_MEMORY_LIMIT = 8192
 
 
@@ -77,8 +78,9 @@ def run_mode(mode, model, image, out):
         write_image(out, labels.astype(np.uint32))
         objects = int(labels.max())
     else:
-        workers = {"workers1": 1, "workers2": 2}.get(mode)
-        with chunked.dask_client(workers) as (client, threads):
+        workers = {"core1": 1, "workers1": 1, "workers2": 2}.get(mode)
+        with chunked.dask_client(workers, threads=1 if mode == "core1" else None) as (client,
+                                                                                     threads):
             summary = chunked.segment_to_zarr(model, image, out, client=client, threads=threads,
                                               runtime="litert" if mode == "litert" else "keras")
         objects = summary["objects"]
@@ -161,6 +163,10 @@ def main():
             one, two = results["workers1"][0]["seconds"], results["workers2"][0]["seconds"]
             print(f"RESULT workers {size}^2: ratio={one / two:.2f}x (baseline 1 worker "
                   f"{one:.1f} s, ours 2 workers {two:.1f} s)")
+        if "core1" in results and "workers2" in results:
+            one, two = results["core1"][0]["seconds"], results["workers2"][0]["seconds"]
+            print(f"RESULT per-core {size}^2: ratio={one / two:.2f}x (baseline 1 worker on 1 "
+                  f"core {one:.1f} s, ours 2 workers on 2 cores {two:.1f} s)")
         if "chunked" in results and "litert" in results:
             keras, lite = results["chunked"][0]["seconds"], results["litert"][0]["seconds"]
             iou = foreground_iou(results["chunked"][1], results["litert"][1])

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from instances import label_instances  # noqa: E402
-from overlap_tile import as_yxc_with, dequantize, predict_tiled, quantize, softmax  # noqa: E402
+from overlap_tile import as_yxc_with, invoke_tiles, predict_tiled, softmax  # noqa: E402
 
 PROG = "edge_predict"
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -60,18 +60,10 @@ class EdgeModel:
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise ValueError(f"cannot load {model_path} as a TFLite model: {err}") from None
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
 
     def predict_tiles(self, tiles):
         """Logits ``(B, O, O, K)`` float32 for normalised float32 tiles ``(B, T, T, C)``."""
-        results = []
-        for tile in tiles:
-            self.interpreter.set_tensor(self.input["index"], quantize(tile[None], self.input))
-            self.interpreter.invoke()
-            results.append(dequantize(self.interpreter.get_tensor(self.output["index"])[0],
-                                      self.output))
-        return np.stack(results)
+        return invoke_tiles(self.interpreter, tiles)
 
     def segment(self, image):
         """What ``unet-tf predict`` writes for a ``YX``/``YXC`` image: instance labels, or class

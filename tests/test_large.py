@@ -197,3 +197,8 @@ def test_large_input_errors_are_clear(folder, tmp_path):
                      tmp_path / "o.ome.zarr")
     assert result.returncode == 2 and "select a single t" in result.stderr
     assert not (tmp_path / "o.ome.zarr").exists()
+    write_image(tmp_path / "a.tif", np.zeros((64, 64), np.uint8))
+    result = run_cli("predict", folder, tmp_path / "a.tif", "--out", tmp_path / "p",
+                     "--runtime", "litert", "--tile-size", 300)
+    assert result.returncode == 2 and "--tile-size/--batch-size apply to Keras" in result.stderr
+    assert not (tmp_path / "p").exists()

@@ -42,6 +42,17 @@ def _round_up(value, multiple):
     return -(-value // multiple) * multiple
 
 
+def _limit_tensorflow_threads(threads):
+    """Give TensorFlow ``threads`` cores; possible only before its runtime starts (any device
+    query starts it), so a worker calls this first."""
+    import tensorflow as tf
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already running in this process: keep its pool
+        pass
+
+
 class Runner:
     """A model folder ready to predict windows: Keras or LiteRT, tile chosen per window.
 
@@ -67,27 +78,27 @@ class Runner:
         self.settings = settings_of(self.config)
         self.num_classes, self.channels = a["num_classes"], a["channels"]
         self.fixed_tile, self.description = None, "Keras"
-        if runtime == "keras":
-            self._load_keras(threads)
-        else:
-            self._load_litert(threads)
+        self.threads, self._forward = threads, None
+        if runtime == "litert":
+            self._litert_path = self._find_litert()
+        elif threads:
+            _limit_tensorflow_threads(threads)
 
-    def _load_keras(self, threads):
-        import tensorflow as tf
-        if threads:
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
-                tf.config.threading.set_inter_op_parallelism_threads(1)
-            except RuntimeError:  # TensorFlow already running in this process: keep its pool
-                pass
+    def predict_tiles(self, tiles):
+        """Probabilities ``(N, O, O, K)`` of normalised tiles ``(N, T, T, C)``."""
+        if self._forward is None:   # loaded on first use: a process that only plans never does
+            self._forward = self._load_keras() if self.runtime == "keras" else self._load_litert()
+        return self._forward(tiles)
+
+    def _load_keras(self):
         from .model_folder import load_model_folder
         from .tiling import forward
         self.model, _ = load_model_folder(self.folder)  # forward() holds it weakly
         probabilities = forward(self.model, "probabilities")
-        self.predict_tiles = lambda tiles: probabilities(tiles).numpy()
+        return lambda tiles: probabilities(tiles).numpy()
 
-    def _load_litert(self, threads):
-        from ai_edge_litert.interpreter import Interpreter
+    def _find_litert(self):
+        """The folder's TFLite export (int8 first); sets its tile and the description."""
         export = self.folder / "export"
         found = [export / f"model_{kind}.tflite" for kind in LITERT_KINDS
                  if (export / f"model_{kind}.tflite").is_file()]
@@ -95,28 +106,20 @@ class Runner:
             raise FileNotFoundError(
                 f"--runtime litert needs a TFLite export in {export}: run `unet-tf export "
                 f"{self.folder} --format tflite-int8` (or tflite) first")
-        path = found[0]
-        meta = json.loads(path.with_suffix(".json").read_text())
+        meta = json.loads(found[0].with_suffix(".json").read_text())
         self.fixed_tile = meta["tile_size"]
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
-        self.interpreter.allocate_tensors()
-        inp = self.interpreter.get_input_details()[0]
-        out = self.interpreter.get_output_details()[0]
         check = meta.get("check", {})
         agreement = (f", {100 * check['label_agreement']:.2f} % of pixels as Keras on "
                      f"{check['tiles']} check tiles" if "label_agreement" in check else "")
-        self.description = f"LiteRT {path.name} (tile {self.fixed_tile}{agreement})"
+        self.description = f"LiteRT {found[0].name} (tile {self.fixed_tile}{agreement})"
+        return found[0]
 
-        def predict_tiles(tiles):
-            logits = []
-            for tile in tiles:
-                self.interpreter.set_tensor(inp["index"], overlap_tile.quantize(tile[None], inp))
-                self.interpreter.invoke()
-                logits.append(overlap_tile.dequantize(
-                    self.interpreter.get_tensor(out["index"])[0], out))
-            return overlap_tile.softmax(np.stack(logits))
-
-        self.predict_tiles = predict_tiles
+    def _load_litert(self):
+        from ai_edge_litert.interpreter import Interpreter
+        interpreter = Interpreter(model_path=str(self._litert_path),
+                                  num_threads=self.threads or os.cpu_count())
+        interpreter.allocate_tensors()
+        return lambda tiles: overlap_tile.softmax(overlap_tile.invoke_tiles(interpreter, tiles))
 
     def tile_size(self, height, width):
         """The tile for a ``height`` x ``width`` window: the export's; for Keras, tiles of one
@@ -264,23 +267,27 @@ def predict_lazy(folder, image, output="probabilities", chunk=CHUNK, runtime="ke
 
 # --------------------------------------------------------------------------- OME-Zarr out
 
-def _run(calls, client, on_done):
+def _run(calls, client, progress=None, already=0):
     """Call ``function(*args)`` for each of ``calls``: here, one after another, or spread over
-    a ``distributed.Client``'s workers; ``on_done()`` after each; the first error is raised.
-    Returns the results, in the order they finished."""
+    a ``distributed.Client``'s workers; ``progress(done, total)`` after each, counting
+    ``already`` calls done before this run; the first error is raised. Returns the results,
+    in the order they finished."""
+    total, results = already + len(calls), []
+
+    def finished(result):
+        results.append(result)
+        if progress:
+            progress(already + len(results), total)
+
     if client is None:
-        results = []
         for function, args in calls:
-            results.append(function(*args))
-            on_done()
+            finished(function(*args))
         return results
     from distributed import as_completed
     futures = [client.submit(function, *args, pure=False) for function, args in calls]
-    results = []
     try:
         for future in as_completed(futures):
-            results.append(future.result())
-            on_done()
+            finished(future.result())
     finally:
         client.cancel(futures)
     return results
@@ -500,17 +507,11 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
     windows = chunk_windows(image.shape, chunk)
     todo = [(i, j, w) for i, j, w in windows if not (partial / "chunks" / f"{i}_{j}.npz").exists()]
     lohi = value_range(image, model.normalization)
-    done = [len(windows) - len(todo)]
-
-    def tick():
-        done[0] += 1
-        if progress:
-            progress(done[0], len(windows))
-
     if client is not None and not isinstance(image.source, Path):
         image = client.scatter(image, broadcast=True)   # an array travels once, not per chunk
     _run([(_segment_chunk, (spec, image, lohi, window, halo, str(partial), probabilities,
-                            overrides, f"{i}_{j}")) for i, j, window in todo], client, tick)
+                            overrides, f"{i}_{j}")) for i, j, window in todo],
+         client, progress, already=len(windows) - len(todo))
     records = {(i, j): dict(np.load(partial / "chunks" / f"{i}_{j}.npz"))
                for i, j, _ in windows}
     grid = (max(i for i, _, _ in windows) + 1, max(j for _, j, _ in windows) + 1)
@@ -519,8 +520,7 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
                   for key, r in records.items()}
     else:
         tables = stitch(records, grid)
-    _run([(_relabel_chunk, (str(partial), w, tables[(i, j)])) for i, j, w in windows],
-         client, lambda: None)
+    _run([(_relabel_chunk, (str(partial), w, tables[(i, j)])) for i, j, w in windows], client)
     _finish(partial, image, chunk, model.config.get("class_names"), probabilities)
     if out.exists():
         shutil.rmtree(out)
@@ -563,18 +563,11 @@ def predict_files(folder, planned, probabilities=False, runtime="keras", client=
         ``{"objects": [count per file, in the order of planned], "runtime": description}``.
     """
     spec = (str(Path(folder).resolve()), runtime, threads)
-    description = runner(*spec).description   # a broken folder fails here, before any task
+    description = runner(*spec).description   # a folder without config or export fails here
     calls = [(_counted, (str(labels), _predict_file, spec, str(source), str(labels),
                          probabilities, overwrite, postprocessing or {}))
              for labels, source in planned.items()]
-    done = [0]
-
-    def tick():
-        done[0] += 1
-        if progress:
-            progress(done[0], len(calls))
-
-    objects = dict(_run(calls, client, tick))
+    objects = dict(_run(calls, client, progress))
     return {"objects": [objects[str(labels)] for labels in planned], "runtime": description}
 
 
@@ -583,10 +576,10 @@ def _counted(key, function, *args):
 
 
 @contextlib.contextmanager
-def dask_client(workers=None, scheduler=None):
+def dask_client(workers=None, scheduler=None, threads=None):
     """``(client, threads per worker)``: an existing cluster's (``scheduler`` address), a local
-    cluster of ``workers`` processes sharing this machine's cores, or ``(None, None)`` to work
-    in this process."""
+    cluster of ``workers`` processes sharing this machine's cores (``threads`` each, default
+    the cores divided among them), or ``(None, None)`` to work in this process."""
     if not workers and not scheduler:
         yield None, None
         return
@@ -600,7 +593,7 @@ def dask_client(workers=None, scheduler=None):
             yield client, None
         return
     import dask
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     # Dask's default worker environment sets MALLOC_TRIM_THRESHOLD_=65536 and one OpenMP
     # thread: measured here, TensorFlow then runs a chunk ~1.5-2x slower.
     environment = {name: str(threads) for name in

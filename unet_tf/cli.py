@@ -384,21 +384,27 @@ def _cmd_predict(args):
     if large and len(inputs) != 1:
         raise ValueError(f"an OME-Zarr prediction takes one input image, got {len(inputs)}: "
                          "run one command per image, or write TIFF/PNG files to a folder")
+    spread = bool(args.workers or args.scheduler or args.runtime != "keras")
+    if (large or spread) and (args.tile_size or args.batch_size):
+        raise ValueError("--tile-size/--batch-size apply to Keras prediction in this process; "
+                         "OME-Zarr, --workers, --scheduler and --runtime litert choose their tiles "
+                         "per chunk or image (the result is the same for any valid tile)")
     check_writable(Path(args.out).parent if large else args.out)
     if large:
         return _predict_large(inputs[0], args)
     planned = _planned_outputs(inputs, args)
-    if args.workers or args.scheduler or args.runtime != "keras":
+    if spread:
         return _predict_spread(planned, args)
     from .postprocess import write_prediction
     from .unet import UNet
     from .io import read_frames
     unet = UNet.from_folder(args.model)
+    batch_size = args.batch_size or BATCH_SIZE
     for labels_path, source in planned.items():
         frames = read_frames(source)
-        tiles = sum(unet.tile_count(f.shape, args.tile_size, args.batch_size) for f in frames)
+        tiles = sum(unet.tile_count(f.shape, args.tile_size, batch_size) for f in frames)
         bar = _progress_bar(tiles, args.quiet)  # one bar for all frames of a stack
-        options = dict(tile_size=args.tile_size, batch_size=args.batch_size, progress=bar or False)
+        options = dict(tile_size=args.tile_size, batch_size=batch_size, progress=bar or False)
         results = [unet.predict(frame, **options) for frame in frames]
         masks = [unet.postprocess(r, **_postprocessing(args)) for r in results]
         write_prediction(labels_path, frames, masks, results if args.probabilities else None,
@@ -464,12 +470,11 @@ def _add_predict(subparsers):
     _add_min_size(p)
     p.add_argument("--tile-size", type=int, help="input tile (default: the largest that fits "
                    "memory; the result is the same for any valid tile)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                   help="tiles per forward pass (%(default)s)")
+    p.add_argument("--batch-size", type=int, help=f"tiles per forward pass ({BATCH_SIZE})")
     p.add_argument("--runtime", choices=RUNTIMES, default="keras", help="keras, or litert: the "
                    "model folder's TFLite export (int8 first), faster on CPUs (%(default)s)")
     p.add_argument("--workers", type=int, help="spread chunks or images over N local Dask "
-                   "worker processes (one core each)")
+                   "worker processes (sharing this machine's cores)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask cluster's scheduler, "
                    "e.g. tcp://host:8786 (its workers need unet-tf and the model folder's path)")
     p.add_argument("--chunk", type=int, default=CHUNK, help="OME-Zarr output: pixels per chunk "

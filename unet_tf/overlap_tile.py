@@ -185,6 +185,19 @@ def dequantize(y, tensor):
     return (np.asarray(y, np.float32) - zero) * np.float32(scale)
 
 
+def invoke_tiles(interpreter, tiles):
+    """Logits ``(N, O, O, K)`` float32 of an allocated TFLite ``interpreter`` for normalised
+    float tiles ``(N, T, T, C)``, one invoke per tile, (de)quantising int8/uint8 tensors."""
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    logits = []
+    for tile in tiles:
+        interpreter.set_tensor(inp["index"], quantize(np.reshape(tile, inp["shape"]), inp))
+        interpreter.invoke()
+        logits.append(dequantize(interpreter.get_tensor(out["index"])[0], out))
+    return np.stack(logits)
+
+
 def softmax(logits):
     """Softmax over the last axis."""
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))

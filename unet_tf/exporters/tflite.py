@@ -110,14 +110,7 @@ def run_tflite(model_bytes, tiles, threads=2):
     from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_content=model_bytes, num_threads=threads)
     interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    results = []
-    for tile in tiles:
-        x = np.asarray(tile, np.float32).reshape(inp["shape"])
-        interpreter.set_tensor(inp["index"], overlap_tile.quantize(x, inp))
-        interpreter.invoke()
-        results.append(overlap_tile.dequantize(interpreter.get_tensor(out["index"]), out)[0])
-    return np.stack(results)
+    return overlap_tile.invoke_tiles(interpreter, tiles)
 
 
 def _quantization(detail):
