@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 
 from unet_tf.cli import COMMANDS, main
 
@@ -17,13 +18,15 @@ def test_sizes_command(capsys):
     assert "570: not valid, next valid input 572" in out
 
 
-def test_every_subcommand_has_help_with_examples():
-    listed = run_cli("--help").stdout
-    for name in COMMANDS:
+def test_every_subcommand_has_help_with_examples(capsys):
+    listed = run_cli("--help").stdout          # the console entry, in a fresh process
+    for name in COMMANDS:                      # each subcommand's parser, in this one
         assert name in listed
-        result = run_cli(name, "--help")
-        assert result.returncode == 0, result.stderr
-        assert "examples:" in result.stdout and f"unet-tf {name}" in result.stdout
+        with pytest.raises(SystemExit) as exit:
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert exit.value.code == 0
+        assert "examples:" in out and f"unet-tf {name}" in out
 
 
 def test_bad_argument_is_one_line_and_exit_code_2():
