@@ -269,10 +269,12 @@ def predict_lazy(folder, image, output="probabilities", chunk=CHUNK, runtime="ke
 
 def _run(calls, client, progress=None, already=0):
     """Call ``function(*args)`` for each of ``calls``: here, one after another, or spread over
-    a ``distributed.Client``'s workers; ``progress(done, total)`` after each, counting
-    ``already`` calls done before this run; the first error is raised. Returns the results,
+    a ``distributed.Client``'s workers; ``progress(done, total)`` first and after each,
+    counting ``already`` calls done before this run; the first error is raised. Returns the results,
     in the order they finished."""
     total, results = already + len(calls), []
+    if progress:
+        progress(already, total)   # the clock starts now, not at the first result
 
     def finished(result):
         results.append(result)
@@ -478,7 +480,7 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
         client: a ``distributed.Client`` to spread the chunks over; ``None``: this process.
         halo: context for labelling, pixels (default :func:`default_halo`).
         overwrite: replace an existing ``out``.
-        progress: called as ``progress(done, total)`` after each chunk.
+        progress: called as ``progress(done, total)`` at the start and after each chunk.
         postprocessing: overrides of the folder's post-processing, e.g. ``{"min_size": 50}``.
 
     Returns:
@@ -557,7 +559,7 @@ def predict_files(folder, planned, probabilities=False, runtime="keras", client=
         folder: a model folder.
         planned: ``{labels path: input path}`` (see ``unet-tf predict``).
         postprocessing: overrides of the folder's post-processing, e.g. ``{"min_size": 50}``.
-        progress: called as ``progress(done, total)`` after each file.
+        progress: called as ``progress(done, total)`` at the start and after each file.
 
     Returns:
         ``{"objects": [count per file, in the order of planned], "runtime": description}``.
