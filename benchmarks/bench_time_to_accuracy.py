@@ -19,6 +19,7 @@ planner's F1 over the hand recipe's.
 """
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -77,8 +78,7 @@ def paper_config(out, seconds):
     step = time_training_step(config, channels=1)
     steps = max(10, int(seconds / step))
     print(f"(paper preset: {step:.1f} s per step here, {steps} steps)", flush=True)
-    return TrainConfig.from_preset("paper", out=out, epochs=-(-steps // 50), steps_per_epoch=50,
-                                   val_split=0.0)
+    return dataclasses.replace(config, epochs=-(-steps // 50), steps_per_epoch=50)
 
 
 def benchmark(label, data, budgets, runs, root):
