@@ -118,6 +118,34 @@ def test_a_killed_run_resumes_and_gives_the_same_labels(folder, sample, tmp_path
                                   ["labels/instances/0"][:])
 
 
+@pytest.mark.slow
+def test_on_a_cluster_a_killed_run_resumes_and_equals_one_process(folder, cluster, sample,
+                                                                   tmp_path):
+    image = mosaic(sample, (768, 768))
+    chunked.segment_to_zarr(folder, image, tmp_path / "here.ome.zarr", chunk=256)
+    here = zarr.open_group(str(tmp_path / "here.ome.zarr"))
+    source = save_image(tmp_path / "in.ome.zarr", image, chunk=256)
+
+    def killed_after_three(done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out.ome.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        chunked.segment_to_zarr(folder, source, out, chunk=256, client=cluster,
+                                progress=killed_after_three)
+    assert not out.exists()
+    summary = chunked.segment_to_zarr(folder, source, out, chunk=256, client=cluster)
+    assert summary["chunks"] == 9 and summary["resumed"] >= 3
+    # an array (scattered to the workers once) gives the same as a file
+    chunked.segment_to_zarr(folder, image, tmp_path / "array.ome.zarr", chunk=256,
+                            client=cluster)
+    for result in (out, tmp_path / "array.ome.zarr"):
+        there = zarr.open_group(str(result))
+        for level in ("0", "1"):       # level 1 of the pyramid was built on the workers
+            np.testing.assert_array_equal(there[f"labels/instances/{level}"][:],
+                                          here[f"labels/instances/{level}"][:])
+
 def test_stitching_joins_cut_objects_and_keeps_touching_ones_apart():
     """Chunks labelled with context (each numbering its objects its own way) are joined
     back into the global objects, including two that touch exactly along a chunk border."""

@@ -162,27 +162,36 @@ def runner(folder, runtime="keras", threads=None):
     return Runner(folder, runtime, threads)
 
 
-def value_range(image, normalization):
+def value_range(image, normalization, client=None):
     """``(lo, hi)`` of a model folder's normalisation for a whole :class:`LazyImage`, read in
-    bands: exact percentiles from a histogram for 8/16-bit images; float images larger than
-    16 Mpx use every k-th row."""
+    bands (on ``client``'s workers, if given, for an image on disk): exact percentiles from a
+    histogram for 8/16-bit images; float images larger than 16 Mpx use every k-th row."""
     if normalization is None or normalization.get("method") != "percentile":
         return overlap_tile.normalization_range(None, normalization)
     qs = (normalization["low"], normalization["high"])
     height, width, channels = image.shape
     band = max(1, 2 ** 24 // (width * channels))
+    bands = [(top, min(top + band, height)) for top in range(0, height, band)]
+    client = client if isinstance(image.source, Path) else None   # in memory: no reading
     if image.dtype in (np.uint8, np.uint16):
-        counts = np.zeros(2 ** (8 * image.dtype.itemsize), np.int64)
-        for top in range(0, height, band):
-            counts += np.bincount(image.read(top, top + band, 0, width).reshape(-1),
-                                  minlength=counts.size)
+        bins = 2 ** (8 * image.dtype.itemsize)
+        counts = sum(_run([(_band_histogram, (image, top, bottom, bins))
+                           for top, bottom in bands], client))
         lo, hi = overlap_tile.histogram_percentiles(counts, qs)
     else:
         step = max(1, height * width * channels // 2 ** 24)
-        rows = np.concatenate([image.read(top, min(top + band, height), 0, width)[::step]
-                               for top in range(0, height, band)])
+        rows = np.concatenate(_run([(_band_rows, (image, top, bottom, step))
+                                    for top, bottom in bands], client))
         lo, hi = np.percentile(rows, qs)
     return float(lo), float(hi)
+
+
+def _band_histogram(image, top, bottom, bins):
+    return np.bincount(image.read(top, bottom, 0, image.shape[1]).reshape(-1), minlength=bins)
+
+
+def _band_rows(image, top, bottom, step):
+    return image.read(top, bottom, 0, image.shape[1])[::step]
 
 
 def chunk_windows(shape, chunk):
@@ -444,18 +453,20 @@ def _prepare(partial, run, image, chunk, model, with_probabilities):
     record.write_text(json.dumps(run, indent=2))
 
 
-def _finish(partial, image, chunk, class_names, with_probabilities):
-    """Pyramids and NGFF metadata; the provisional labels go."""
+def _finish(partial, image, chunk, class_names, with_probabilities, client):
+    """Pyramids (on ``client``'s workers, if given) and NGFF metadata; the provisional labels
+    go."""
     import zarr
     root = zarr.open_group(str(partial), mode="r+")
     pixel_size = image.pixel_size()
-    write_multiscales(root, build_pyramid(root, chunk), "cyx", "image", pixel_size)
+    write_multiscales(root, build_pyramid(root, chunk, client), "cyx", "image", pixel_size)
     labels = root["labels/instances"]
-    write_multiscales(labels, build_pyramid(labels, chunk), "yx", "instances", pixel_size)
+    write_multiscales(labels, build_pyramid(labels, chunk, client), "yx", "instances",
+                      pixel_size)
     write_labels_metadata(root, "instances")
     if with_probabilities:
         probabilities = root["probabilities"]
-        write_multiscales(probabilities, build_pyramid(probabilities, chunk), "cyx",
+        write_multiscales(probabilities, build_pyramid(probabilities, chunk, client), "cyx",
                           "probabilities", pixel_size)
         probabilities.attrs["class_names"] = class_names
     del root["provisional"]
@@ -508,10 +519,11 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
     _prepare(partial, run, image, chunk, model, probabilities)
     windows = chunk_windows(image.shape, chunk)
     todo = [(i, j, w) for i, j, w in windows if not (partial / "chunks" / f"{i}_{j}.npz").exists()]
-    lohi = value_range(image, model.normalization)
+    lohi = value_range(image, model.normalization, client)
+    source = image
     if client is not None and not isinstance(image.source, Path):
-        image = client.scatter(image, broadcast=True)   # an array travels once, not per chunk
-    _run([(_segment_chunk, (spec, image, lohi, window, halo, str(partial), probabilities,
+        source = client.scatter(image, broadcast=True)  # an array travels once, not per chunk
+    _run([(_segment_chunk, (spec, source, lohi, window, halo, str(partial), probabilities,
                             overrides, f"{i}_{j}")) for i, j, window in todo],
          client, progress, already=len(windows) - len(todo))
     records = {(i, j): dict(np.load(partial / "chunks" / f"{i}_{j}.npz"))
@@ -523,7 +535,7 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
     else:
         tables = stitch(records, grid)
     _run([(_relabel_chunk, (str(partial), w, tables[(i, j)])) for i, j, w in windows], client)
-    _finish(partial, image, chunk, model.config.get("class_names"), probabilities)
+    _finish(partial, image, chunk, model.config.get("class_names"), probabilities, client)
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)

@@ -155,11 +155,11 @@ def create_level(group, name, shape, dtype, chunk):
                               overwrite=True)
 
 
-def build_pyramid(group, chunk):
+def build_pyramid(group, chunk, client=None):
     """Add levels ``1, 2, ...`` to the array ``0`` of ``group``, each half the last
     (nearest neighbour: every other pixel, so label ids stay valid), until it fits in
-    ``PYRAMID_SMALLEST`` pixels; chunk by chunk, never the whole level in memory.
-    Returns the number of levels."""
+    ``PYRAMID_SMALLEST`` pixels; chunk by chunk, never the whole level in memory, on
+    ``client``'s workers if given (else threads here). Returns the number of levels."""
     _require("dask")
     import dask.array as da
     level = 0
@@ -167,7 +167,8 @@ def build_pyramid(group, chunk):
         source = da.from_zarr(group[str(level)])
         halved = source[..., ::2, ::2]
         target = create_level(group, str(level + 1), halved.shape, halved.dtype, chunk)
-        da.store(halved.rechunk(target.chunks), target, lock=False, scheduler="threads")
+        da.store(halved.rechunk(target.chunks), target, lock=False,
+                 scheduler=client or "threads")
         level += 1
     return level + 1
 
