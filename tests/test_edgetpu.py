@@ -92,9 +92,12 @@ def edge_folder(tmp_path_factory, sample):
     root = tmp_path_factory.mktemp("edge")
     write_image(root / "images" / "nuclei.tif", image[:, :384])
     write_image(root / "masks" / "nuclei.tif", instances[:, :384])
+    # The edge architecture at half its width (16 filters): int8 accuracy is what is tested
+    # here, and the full preset trains 2.3x longer (194 s against 84 s); the preset itself is
+    # checked op by op above.
     config = TrainConfig.from_preset(
         "edge", out=str(root / "model"), images=str(root / "images"), masks=str(root / "masks"),
-        dropout=0.0, epochs=8, steps_per_epoch=15, batch_size=2, optimizer="adam",
+        filters=16, dropout=0.0, epochs=8, steps_per_epoch=15, batch_size=2, optimizer="adam",
         learning_rate=1e-3, lr_schedule="cosine", class_weights=None, val_split=0.0)
     train(config, verbose=0)
     return root / "model"
