@@ -146,6 +146,7 @@ def test_on_a_cluster_a_killed_run_resumes_and_equals_one_process(folder, cluste
             np.testing.assert_array_equal(there[f"labels/instances/{level}"][:],
                                           here[f"labels/instances/{level}"][:])
 
+
 def test_stitching_joins_cut_objects_and_keeps_touching_ones_apart():
     """Chunks labelled with context (each numbering its objects its own way) are joined
     back into the global objects, including two that touch exactly along a chunk border."""
