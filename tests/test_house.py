@@ -213,7 +213,7 @@ def test_training_into_a_log_file_writes_plain_lines(tmp_path, sample):
 
 
 def test_package_metadata_is_static():
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    tomllib = pytest.importorskip("tomllib", reason="reads pyproject.toml with Python 3.11+")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert "dependencies" not in project.get("dynamic", []), "requirements must not be computed"
     assert not any(d.startswith("tensorflow") for d in project["dependencies"])  # an extra
@@ -235,3 +235,26 @@ def test_readme_links_and_paths_resolve():
             base = REPO if not path.startswith("./") else (REPO / doc).parent
             assert (base / path).exists() or (REPO / Path(doc).parent / path).exists(), \
                 f"{doc} names {path}, which does not exist"
+
+
+def readme_commands():
+    """The command lines of the README's first bash block (install + demo, tests), comments cut."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readme_commands_verbatim():
+    commands = readme_commands()
+    assert any("pip install" in c for c in commands) and "python -m pytest -q" in commands
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    for command in commands:
+        assert command in ci, f".ci/run does not run the README's command {command!r} as written"
+
+
+def test_tests_needing_an_extra_skip_with_a_reason_naming_it():
+    import re
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        calls = re.findall(r"importorskip\((.*?)\)\n", path.read_text(), flags=re.S)
+        for call in calls:
+            assert "reason=" in call, f"{path.name}: importorskip({call}) gives no reason"

@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-zarr = pytest.importorskip("zarr")
-pytest.importorskip("ome_zarr")
-pytest.importorskip("distributed")
+LARGE = "needs the extra: pip install -e '.[cpu,large]' ([test] brings it too)"
+zarr = pytest.importorskip("zarr", reason=LARGE)
+pytest.importorskip("ome_zarr", reason=LARGE)
+pytest.importorskip("distributed", reason=LARGE)
 
 from unet_tf import chunked
 from unet_tf.io import write_image

@@ -12,8 +12,9 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+pytest.importorskip("napari", reason="the napari plugin's tests need the extra: "
+                    "pip install -e '.[cpu,test,napari]'")
+pytest.importorskip("pytestqt", reason="needs pytest-qt, which the [napari] extra brings")
 
 from napari.utils.notifications import notification_manager
 
