@@ -18,8 +18,10 @@ __version__ = "0.4.0"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # the layers and exports are TensorFlow's
 
+from .native import import_tensorflow_quietly  # noqa: E402
+
 try:
-    import tensorflow  # noqa: F401
+    import_tensorflow_quietly()
 except ModuleNotFoundError as err:
     if err.name != "tensorflow":
         raise
@@ -32,7 +34,7 @@ from . import layers  # noqa: E402  (registers InputSizeCheck and NearestUpsampl
 from . import exporters, io, metrics, samples  # noqa: E402
 from .augment import Augmentation, elastic_deform  # noqa: E402
 from .callbacks import TrainingDiverged  # noqa: E402
-from .config import PRESETS, TrainConfig  # noqa: E402
+from .config import PRESETS, NothingLearned, TrainConfig  # noqa: E402
 from .data import make_dataset  # noqa: E402
 from .exporters import export_model  # noqa: E402
 from .images import normalize  # noqa: E402
@@ -47,7 +49,7 @@ from .training import train  # noqa: E402
 from .unet import UNet  # noqa: E402
 from .weightmaps import weight_map  # noqa: E402
 
-__all__ = ["Augmentation", "PRESETS", "TrainConfig", "TrainingDiverged", "UNet", "build_unet",
+__all__ = ["Augmentation", "NothingLearned", "PRESETS", "TrainConfig", "TrainingDiverged", "UNet", "build_unet",
            "check_input_size", "label_instances",
            "crop_amounts", "elastic_deform", "export_model", "exporters", "input_size_for_output", "io",
            "layers", "metrics", "samples",

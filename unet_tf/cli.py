@@ -1,28 +1,29 @@
 """The ``unet-tf`` command line.
 
 Exit codes: 0 success, 2 the user's input is wrong (one line on stderr, no traceback unless
-``--debug``), 1 an internal failure.
+``--debug``), 1 an internal failure, 3 ``train`` finished but the model found almost none of
+the objects of its tuning images (the folder is kept; the message says what to try).
 """
 
 import argparse
 import contextlib
 import logging
-import os
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 from .chunked import CHUNK, RUNTIMES
-from .config import LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, TrainConfig
+from .config import LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, NothingLearned, TrainConfig
 from .demo import DEMO_BUDGET
 from .planner import format_duration
 from .exporters import FORMATS as EXPORT_FORMATS
 from .images import NORMALIZATION_CHOICES
+from .native import stderr_captured
 from .sizes import UPSAMPLING_MODES
 from .tiling import BATCH_SIZE
 
 PROG = "unet-tf"
+EXIT_NOTHING_LEARNED = 3
 COMMANDS = ("demo", "plan", "train", "predict", "evaluate", "export", "check-edgetpu", "sizes", "summary")
 DEFAULTS = TrainConfig()  # the CLI's defaults are the config's: one place for each
 
@@ -122,7 +123,8 @@ TRAIN_OPTIONS = {"tile_size": "tile_size", "depth": "depth", "filters": "filters
                  "val_split": "val_split", "w0": "w0", "border_sigma": "border_sigma",
                  "elastic_sigma": "elastic_sigma", "early_stopping": "early_stopping",
                  "strategy": "strategy", "seed": "seed", "target": "target",
-                 "normalization": "normalization"}
+                 "normalization": "normalization", "ignore_label": "ignore_label",
+                 "foreground_tiles": "foreground_tiles"}
 
 
 def _given_settings(args):
@@ -279,6 +281,10 @@ def _add_train_settings(p):
                    help="weight map border width, the paper's sigma, px (planned)")
     p.add_argument("--elastic-sigma", type=float,
                    help="elastic deformation: displacement std, px (planned)")
+    _add_ignore_label(p)
+    p.add_argument("--foreground-tiles", type=float, metavar="SHARE",
+                   help="share of training tiles centred on a random annotated object, 0-1 "
+                   f"(planned from how sparse the objects are; preset: {d.foreground_tiles:g})")
     p.add_argument("--no-augment", action="store_true", help="no elastic/flip/intensity augmentation")
     p.add_argument("--no-weight-map", action="store_true", help="uniform pixel weights")
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE "
@@ -290,6 +296,12 @@ def _add_train_settings(p):
     p.add_argument("--mixed-precision", action="store_true",
                    help="mixed_float16 compute on GPUs (logits and loss stay float32)")
     p.add_argument("--seed", type=int, help=f"random seed ({d.seed})")
+
+
+def _add_ignore_label(p):
+    p.add_argument("--ignore-label", type=int, metavar="V",
+                   help="mask value of pixels nobody annotated (partial annotations): not "
+                   "learned, not scored; e.g. the unannotated part of a frame")
 
 
 def _add_train(subparsers):
@@ -510,7 +522,7 @@ def _cmd_evaluate(args):
         check_writable(Path(args.json).parent, "--json folder")
     unet = UNet.from_folder(args.model)
     rows = unet.evaluate(images, masks, names, progress=_progress_verbosity(args.quiet) == 1,
-                         postprocessing=_postprocessing(args))
+                         postprocessing=_postprocessing(args), ignore_label=args.ignore_label)
     table, mean = metrics_table(rows)
     print(table)
     if args.json:
@@ -528,6 +540,7 @@ def _add_evaluate(subparsers):
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--masks", required=True, help="folder of true masks (same file names)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    _add_ignore_label(p)
     _add_min_size(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -538,7 +551,7 @@ def _cmd_export(args):
     import json
     from .exporters import export_model
     from .exporters.edgetpu import export_edgetpu
-    quiet = _native_stderr_captured() if not args.debug else contextlib.nullcontext()
+    quiet = stderr_captured() if not args.debug else contextlib.nullcontext()
     if args.format == "edgetpu":
         with quiet:
             result = export_edgetpu(args.model, args.tile_size, args.calibration_images,
@@ -631,31 +644,11 @@ def _add_demo(subparsers):
 
 # --------------------------------------------------------------------------- main
 
-@contextlib.contextmanager
-def _native_stderr_captured():
-    """Keep what native code (TensorFlow, the TFLite converter) writes to fd 2 off the user's
-    stderr; it is replayed if the block fails, so an error is still explained."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _discover_devices_quietly():
     """With a CUDA build of TensorFlow on a machine without a GPU, the first device lookup
     prints a cuInit error that TF_CPP_MIN_LOG_LEVEL does not silence: do it here, with stderr
     captured (``import unet_tf`` already imported TensorFlow, quietly)."""
-    with _native_stderr_captured():
+    with stderr_captured():
         import tensorflow
         tensorflow.config.list_physical_devices()
 
@@ -688,6 +681,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except NothingLearned as err:
+        if args.debug:
+            raise
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_NOTHING_LEARNED
     return 0
 
 
