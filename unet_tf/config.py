@@ -31,8 +31,23 @@ PRESETS = {
     "edge": {"depth": 4, "filters": 32, "upsampling": "resize_conv", "tile_size": 252},
 }
 
+MIN_STEPS = 250   # training steps: fewer than this gave no useful model in any of our runs
+
 # Settings renamed since format_version 1 folders were first written: old name -> new name.
 RENAMED = {"sigma": "border_sigma"}
+# Settings added since then, with what their absence meant, so an older folder's
+# ``train --config`` repeats the run it describes.
+ADDED = {"foreground_tiles": 0.0, "ignore_label": None}
+
+
+class NothingLearned(RuntimeError):
+    """Training finished, but the tuned model finds almost none of the objects of its tuning
+    images. The model folder is complete and kept (``folder``); ``report`` holds what was
+    measured (``f1``, ``foreground_ratio``: predicted over annotated foreground, ``tuned_on``)."""
+
+    def __init__(self, message, folder, report):
+        super().__init__(message)
+        self.folder, self.report = folder, report
 
 
 def _valid_normalization(norm):
@@ -79,6 +94,8 @@ class TrainConfig:
     augment: bool = True
     elastic_sigma: float = 10.0       # std of the elastic displacement vectors, pixels
     val_split: float = 0.2            # fraction of whole images held out for validation
+    foreground_tiles: float = 0.33    # share of tiles centred on an annotated object (nnU-Net's)
+    ignore_label: int | None = None   # mask value of unannotated pixels: weight 0, never scored
     early_stopping: int | None = None # patience in epochs; None: off
     strategy: str = "default"         # "default", "mirrored" (GPUs of one host), "multiworker"
     mixed_precision: bool = False     # mixed_float16 compute (GPUs); logits and loss in float32
@@ -112,7 +129,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values):
-        values = {RENAMED.get(name, name): value for name, value in values.items()}
+        values = {**ADDED, **{RENAMED.get(name, name): value for name, value in values.items()}}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -128,7 +145,7 @@ class TrainConfig:
             if not integer(getattr(self, name)):
                 raise TypeError(f"{name} must be an integer, got {getattr(self, name)!r}")
         for name in ("dropout", "learning_rate", "momentum", "w0", "border_sigma", "elastic_sigma",
-                     "val_split"):
+                     "val_split", "foreground_tiles"):
             if not number(getattr(self, name)) or not np.isfinite(getattr(self, name)):
                 raise TypeError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         output_size(self.tile_size, self.depth, self.upsampling)
@@ -143,6 +160,15 @@ class TrainConfig:
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (0 <= self.val_split < 1, f"val_split must be in [0, 1), got {self.val_split}"),
+            (0 <= self.foreground_tiles <= 1,
+             f"foreground_tiles must be a share in [0, 1], got {self.foreground_tiles}"),
+            (self.ignore_label is None or (integer(self.ignore_label) and self.ignore_label >= 1),
+             f"ignore_label must be None or a mask value >= 1 (0 is the background), got "
+             f"{self.ignore_label!r}"),
+            (self.ignore_label is None or self.target != "classes"
+             or self.ignore_label >= self.num_classes,
+             f"ignore_label {self.ignore_label} is one of the class ids 0..{self.num_classes - 1}: "
+             f"choose a value >= {self.num_classes}"),
             (self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}"),
             (self.target != "foreground" or self.num_classes == 2,
              f"the foreground target has 2 classes, got num_classes={self.num_classes}"),

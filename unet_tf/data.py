@@ -16,8 +16,9 @@ from scipy import ndimage as ndi
 
 from .augment import Augmentation
 from .images import NORMALIZATION, check_image, crop_reflect, normalize_with
+from .sampling import draw_window, object_groups
 from .sizes import output_size
-from .weightmaps import as_instances, check_mask, weight_map as compute_weight_map
+from .weightmaps import as_instances, check_mask, split_ignored, weight_map as compute_weight_map
 
 
 def boundary_labels(instances):
@@ -50,11 +51,13 @@ def class_labels(mask, num_classes=2, name="mask", target=None):
 class _Prepared:
     image: np.ndarray    # YXC float32, normalised
     labels: np.ndarray   # YX int32 class ids
-    weights: np.ndarray  # YX float32
+    weights: np.ndarray  # YX float32, 0 on unannotated pixels
+    groups: list         # flat pixel indices per object (or class) to centre tiles on
+    annotated: np.ndarray | None  # flat indices of annotated pixels (partial annotations only)
 
 
 def _prepare(images, masks, num_classes, weight_map, w0, border_sigma, class_weights,
-             normalization, target):
+             normalization, target, ignore_label=None):
     if len(images) != len(masks):
         raise ValueError(f"got {len(images)} images but {len(masks)} masks")
     if not len(images):
@@ -69,14 +72,20 @@ def _prepare(images, masks, num_classes, weight_map, w0, border_sigma, class_wei
         if channels not in (None, image.shape[2]):
             raise ValueError(f"image {i} has {image.shape[2]} channels, image 0 has {channels}")
         channels = image.shape[2]
+        mask, ignored = split_ignored(mask, ignore_label, f"mask {i}")
         labels = class_labels(mask, num_classes, f"mask {i}", target)
         if weight_map:
             weights = compute_weight_map(as_instances(labels > 0) if target == "classes"
                                          else as_instances(mask, f"mask {i}"), w0, border_sigma,
-                                         class_weights)
+                                         class_weights, ignored=ignored)
         else:
-            weights = np.ones(mask.shape, np.float32)
-        prepared.append(_Prepared(normalize_with(image, normalization), labels, weights))
+            weights = np.ones(mask.shape, np.float32) if ignored is None else \
+                (~ignored).astype(np.float32)
+        annotated = (np.flatnonzero(~ignored.ravel()) if ignored is not None and ignored.any()
+                     else None)
+        prepared.append(_Prepared(normalize_with(image, normalization), labels, weights,
+                                  object_groups(labels if target == "classes" else mask, target),
+                                  annotated))
     return prepared
 
 
@@ -112,7 +121,7 @@ def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=Tr
                  weight_map=True, w0=10.0, border_sigma=5.0, shuffle=True, seed=None, repeat=None,
                  num_parallel_calls=tf.data.AUTOTUNE, validation=False, num_classes=2,
                  upsampling="transpose", class_weights="balanced", normalization=NORMALIZATION,
-                 target=None):
+                 target=None, foreground_tiles=0.0, ignore_label=None, counter=None):
     """A ``tf.data.Dataset`` of ``(x, y, w)`` batches for Keras ``fit``.
 
     Args:
@@ -129,9 +138,16 @@ def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=Tr
         seed: makes the whole stream reproducible (tile positions, augmentation, order).
         repeat: an endless stream; otherwise one tile per image (training) or one pass over
             the tiles (validation). Default: endless for training, one pass for validation.
-        validation: fixed tiles that cover each image (no augmentation, no shuffling).
+        validation: fixed tiles (no augmentation, no shuffling): windows that cover each image
+            or, with ``foreground_tiles``, as many drawn the way training draws them (seeded),
+            so sparse objects are measured too.
         target: what ``y`` holds (see :data:`unet_tf.config.TARGETS`); default
             ``"foreground"`` with 2 classes, ``"classes"`` with more.
+        foreground_tiles: the share of tiles centred on a random annotated object (see
+            :mod:`unet_tf.sampling`); the rest are uniform.
+        ignore_label: the mask value of unannotated pixels (weight 0), or ``None``.
+        counter: a :class:`~unet_tf.sampling.TileCounter` to count training tiles holding
+            objects.
 
     Yields ``x`` (B, T, T, C) float32 normalised, ``y`` (B, O, O) int32 class ids and
     ``w`` (B, O, O) float32. Pixels outside an image get weight 0.
@@ -145,15 +161,24 @@ def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=Tr
         augment = Augmentation()
     augmentation = None if validation or not augment else augment
     target = target or ("foreground" if num_classes == 2 else "classes")
+    if not 0 <= foreground_tiles <= 1:
+        raise ValueError(f"foreground_tiles must be a share in [0, 1], got {foreground_tiles!r}")
     prepared = _prepare(images, masks, num_classes, weight_map, w0, border_sigma, class_weights,
-                        normalization, target)
+                        normalization, target, ignore_label)
     channels = prepared[0].image.shape[2]
     margin = (tile_size - out) // 2
     seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    draw = lambda item, rng: draw_window(rng, item.labels.shape, out, item.groups,
+                                         item.annotated, foreground_tiles)
 
     if validation:
-        tiles = [(i, top, left) for i, item in enumerate(prepared)
-                 for top, left in validation_windows(item.labels.shape, out)]
+        if foreground_tiles or any(item.annotated is not None for item in prepared):
+            tiles = [(i, *draw(item, np.random.default_rng([seed, i, j])))
+                     for i, item in enumerate(prepared)
+                     for j in range(len(validation_windows(item.labels.shape, out)))]
+        else:
+            tiles = [(i, top, left) for i, item in enumerate(prepared)
+                     for top, left in validation_windows(item.labels.shape, out)]
 
         def sample(k):
             i, top, left = tiles[int(k)]
@@ -170,12 +195,14 @@ def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=Tr
                      if shuffle else np.arange(len(prepared)))
             item = prepared[order[position]]
             rng = np.random.default_rng([seed, epoch, position])
-            top, left = (int(rng.integers(min(0, n - out), max(0, n - out) + 1))
-                         for n in item.labels.shape)
+            top, left = draw(item, rng)
             x, y, w = _cut(item, top, left, out, margin + extra)
             if augmentation:
                 x, y, w = augmentation.apply(x, y, w, rng)
-            return _center(x, tile_size), _center(y, out), _center(w, out)
+            y, w = _center(y, out), _center(w, out)
+            if counter is not None:
+                counter.count(y, w)
+            return _center(x, tile_size), y, w
         indices = (tf.data.Dataset.counter() if repeat
                    else tf.data.Dataset.range(len(prepared)))
 

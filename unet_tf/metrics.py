@@ -41,10 +41,26 @@ def foreground_iou(truth, prediction):
     return float(np.logical_and(t, p).sum() / union) if union else 1.0
 
 
-def pixel_error(truth, prediction):
-    """Fraction of pixels whose foreground/background assignment differs."""
+def pixel_error(truth, prediction, where=None):
+    """Fraction of pixels (of those ``where`` is true, default all) whose
+    foreground/background assignment differs."""
     truth, prediction = _pair(truth, prediction)
-    return float(np.mean((truth > 0) != (prediction > 0)))
+    differs = (truth > 0) != (prediction > 0)
+    return float(np.mean(differs if where is None else differs[where])) if differs.size else 0.0
+
+
+def without_ignored(truth, prediction, ignored):
+    """``(truth, prediction)`` scored on annotated pixels only (``ignored``: a boolean ``YX``
+    array of unannotated pixels, or ``None``): predicted objects lying mostly on unannotated
+    pixels are dropped (nobody said whether they are cells), and both images are 0 there."""
+    truth, prediction = _pair(truth, prediction)
+    if ignored is None or not ignored.any():
+        return truth, prediction
+    prediction = _relabel(as_instances(prediction, "prediction"))
+    inside = np.bincount(prediction[ignored].ravel(), minlength=prediction.max() + 1)
+    unannotated = inside > np.bincount(prediction.ravel()) / 2.0
+    unannotated[0] = True
+    return np.where(ignored, 0, truth), np.where(unannotated[prediction], 0, prediction)
 
 
 def _contingency(a, b):
@@ -155,14 +171,19 @@ def _relabel(labels):
     return inverse.reshape(labels.shape).astype(np.int64)
 
 
-def evaluate(truth, prediction, class_names=None):
+def evaluate(truth, prediction, class_names=None, ignored=None):
     """All metrics for one image, as a flat dict of numbers (for tables and JSON).
 
     ``truth`` and ``prediction`` are instance labels; with ``class_names`` (a multi-class
     net) they are class ids: ``iou_NAME`` per class is added and objects are the connected
     components of the foreground. ``missed`` and ``false_positives`` count the true and the
-    predicted objects without a match at IoU 0.5.
+    predicted objects without a match at IoU 0.5. With ``ignored`` (unannotated pixels, see
+    :func:`without_ignored`) only the annotated pixels are scored.
     """
+    if ignored is not None and class_names is None:
+        truth, prediction = without_ignored(truth, prediction, ignored)
+    elif ignored is not None:  # class ids: no objects to drop, the pixels count as background
+        truth, prediction = (np.where(ignored, 0, a) for a in _pair(truth, prediction))
     if class_names is not None:
         classes = {f"iou_{name}": float(iou) for name, iou in
                    zip(class_names, class_iou(truth, prediction, len(class_names)))}
@@ -173,7 +194,7 @@ def evaluate(truth, prediction, class_names=None):
     at50 = matching["per_threshold"][0.5]
     return {
         "foreground_iou": foreground_iou(truth, prediction),
-        "pixel_error": pixel_error(truth, prediction),
+        "pixel_error": pixel_error(truth, prediction, None if ignored is None else ~ignored),
         "rand_error": rand_error(truth, prediction),
         **{k: matching[k] for k in ("precision", "recall", "f1", "ap50", "mean_ap", "merged",
                                     "split", "true", "predicted")},

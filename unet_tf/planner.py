@@ -26,15 +26,15 @@ import time
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import MIN_STEPS, TrainConfig
 from .images import check_image, normalization_for
 from .memory import GIB, available_bytes
 from .overlap_tile import percentiles
+from .sampling import expected_foreground_share, uniform_foreground_share
 from .sizes import input_size_for_output, output_size, size_rule
-from .weightmaps import as_instances
+from .weightmaps import as_instances, split_ignored
 
 DEFAULT_BUDGET = {"cpu": 600.0, "gpu": 1800.0}   # seconds: 10 min on a laptop, 30 on a GPU
-MIN_STEPS = 250            # fewer steps than this gave no useful model in any of our runs
 MIN_EPOCHS = 5             # checkpoints to choose the best model from
 TIMED_STEPS = 6            # training steps timed on this machine (after 2 warm-up steps)
 PIPELINE_FACTOR = 1.05     # the input pipeline shares the CPU (measured on 2 cores: ~1.0)
@@ -44,6 +44,10 @@ SETUP_SECONDS = 15.0       # model build, graph tracing, data preparation, final
 # the bundled sample, 29 % touching, and lost on Fluo-HeLa, 4 %; the threshold lies between).
 BOUNDARY_TOUCHING = 0.15
 TUNING_SECONDS_PER_MPX = 10.0  # post-processing tuning: ~40 settings scored per image (measured ~6)
+# Training tiles that should hold an annotated object: where uniform tiles hold fewer, enough
+# are centred on objects to reach this (sparse rods, 3.6 % of uniform tiles holding one: the
+# net learned background, F1 0.00; cropped to the rods, nearly all tiles held one: F1 0.88).
+TILES_WITH_OBJECTS = 0.5
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -58,26 +62,31 @@ def _touching(instances):
     return touching
 
 
-def fingerprint(images, masks, num_classes=2):
+def fingerprint(images, masks, num_classes=2, ignore_label=None):
     """What the data is like, in numbers the plan's rules use.
 
     Args:
         images, masks: sequences of ``YX``/``YXC`` images and ``YX`` masks (instance labels,
             binary masks, or class ids with ``num_classes > 2``).
+        ignore_label: the mask value of unannotated pixels; they count neither as objects nor
+            as background.
 
     Returns:
         A JSON-ready dict: image count, sizes, channels, dtypes, intensity range, object count
         and equivalent-diameter percentiles, the fraction of objects touching a neighbour,
-        foreground fraction and the classes present.
+        foreground fraction (of the annotated pixels), the annotated fraction and the classes
+        present.
     """
     if not len(images) or len(images) != len(masks):
         raise ValueError(f"need as many masks as images (at least one), got {len(images)} "
                          f"images and {len(masks)} masks")
-    diameters, touching, objects, foreground, pixels = [], 0, 0, 0, 0
+    diameters, touching, objects, foreground, pixels, annotated = [], 0, 0, 0, 0, 0
     lows, highs, classes, fractions, contrasts = [], [], set(), [], []
     for i, (image, mask) in enumerate(zip(images, masks)):
         image = check_image(image, f"image {i}")
-        instances = as_instances(np.asarray(mask) > 0 if num_classes > 2 else mask, f"mask {i}")
+        mask, ignored = split_ignored(mask, ignore_label, f"mask {i}")
+        instances = as_instances(mask > 0 if num_classes > 2 else mask, f"mask {i}")
+        labelled = np.ones(mask.shape, bool) if ignored is None else ~ignored
         areas = np.bincount(instances.ravel())[1:]
         areas = areas[areas > 0]
         diameters.extend((2 * np.sqrt(areas / np.pi)).tolist())
@@ -85,14 +94,16 @@ def fingerprint(images, masks, num_classes=2):
         touching += len(_touching(instances))
         foreground += int(np.count_nonzero(instances))
         pixels += instances.size
-        fractions.append(np.count_nonzero(instances) / instances.size)
+        annotated += int(np.count_nonzero(labelled))
+        fractions.append(np.count_nonzero(instances) / max(1, np.count_nonzero(labelled)))
         if 0 < fractions[-1] < 1:   # exposure: objects' median over the background's median
             gray = image.mean(-1) if image.shape[2] > 1 else image[..., 0]
-            contrasts.append(float(np.median(gray[instances > 0]) - np.median(gray[instances == 0])))
+            contrasts.append(float(np.median(gray[instances > 0])
+                                   - np.median(gray[(instances == 0) & labelled])))
         low, high = percentiles(image, (1.0, 99.8))
         lows.append(float(low))
         highs.append(float(high))
-        classes.update(np.unique(mask if num_classes > 2 else (np.asarray(mask) > 0)).tolist())
+        classes.update(np.unique(mask[labelled] if num_classes > 2 else mask[labelled] > 0).tolist())
     shapes = [list(np.shape(image)[:2]) for image in images]
     diameter = (np.percentile(diameters, [5, 50, 95]).round(1).tolist() if diameters
                 else [0.0, 0.0, 0.0])
@@ -108,8 +119,9 @@ def fingerprint(images, masks, num_classes=2):
         "objects_per_image": round(objects / len(images), 1),
         "diameter_p5_p50_p95": diameter,
         "touching_fraction": round(touching / objects, 3) if objects else 0.0,
-        "foreground_fraction": round(foreground / pixels, 4),
+        "foreground_fraction": round(foreground / max(1, annotated), 4),
         "foreground_fraction_min": round(float(min(fractions)), 4),
+        "annotated_fraction": round(annotated / pixels, 4),
         # how much the exposure differs between images: largest / smallest object contrast
         "contrast_ratio": (round(max(contrasts) / min(contrasts), 2)
                            if contrasts and min(contrasts) > 0 else None),
@@ -195,6 +207,7 @@ class Plan:
     step_seconds: float | None = None
     estimated_seconds: float | None = None
     tuning_seconds: float | None = None  # post-processing tuning after training (estimated)
+    tiles_with_objects: float | None = None  # expected share of training tiles holding an object
 
     def config(self, **fixed):
         """The :class:`TrainConfig` of this plan (``fixed``: out, images, masks, ...)."""
@@ -309,6 +322,34 @@ def _training(fp):
     return settings, reasons
 
 
+def _sampling(masks, out, ignore_label, foreground_tiles=None):
+    """``(foreground_tiles, reason, expected share of tiles holding an object)``: the share
+    of tiles to centre on objects so that :data:`TILES_WITH_OBJECTS` of them hold one (or the
+    given ``foreground_tiles``), from what uniform ``out``-px windows of these masks hold."""
+    shares, has_objects = [], []
+    for i, mask in enumerate(masks):
+        mask, ignored = split_ignored(mask, ignore_label, f"mask {i}")
+        shares.append(uniform_foreground_share(mask, out, ignored))
+        has_objects.append(bool(mask.any()))
+    uniform = expected_foreground_share(shares, has_objects, 0.0)
+    gain = expected_foreground_share(shares, has_objects, 1.0) - uniform
+    given = foreground_tiles is not None
+    if not given:
+        needed = (TILES_WITH_OBJECTS - uniform) / gain if gain > 0 else 0.0
+        foreground_tiles = float(np.clip(math.ceil(100 * needed) / 100, 0.0, 1.0))
+    expected = expected_foreground_share(shares, has_objects, foreground_tiles)
+    seen = (f"uniform {out}-px windows hold an annotated object in {100 * uniform:.0f} % of "
+            "tiles")
+    if given:
+        reason = f"given; {seen}, so ~{100 * expected:.0f} % hold one"
+    elif foreground_tiles == 0:
+        reason = f"{seen}: none need centring (>= {100 * TILES_WITH_OBJECTS:.0f} %)"
+    else:
+        reason = (f"{seen} (sparse objects): {100 * foreground_tiles:.0f} % are centred on a "
+                  f"random object, so ~{100 * expected:.0f} % hold one")
+    return foreground_tiles, reason, round(expected, 4)
+
+
 def _costs(step_seconds, validation_tiles):
     """Seconds per training step (input pipeline included) and per epoch's end (validation
     forward passes, ~1/3 of a step per batch, and the checkpoint)."""
@@ -371,7 +412,8 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
             minimum that works).
     """
     overrides = dict(overrides or {})
-    fp = fingerprint(images, masks, overrides.get("num_classes", 2))
+    ignore_label = overrides.get("ignore_label")
+    fp = fingerprint(images, masks, overrides.get("num_classes", 2), ignore_label)
     machine = machine or hardware()
     gpu = bool(machine["gpus"])
     settings, reasons = _architecture(fp, gpu)
@@ -386,9 +428,13 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
         settings["normalization"] = normalization_for(settings["normalization"], images)
     budget = parse_duration(time_budget) if time_budget is not None else \
         DEFAULT_BUDGET["gpu" if gpu else "cpu"]
+    TrainConfig(**settings).validate()  # the tile is valid before windows of it are measured
+    out = output_size(settings["tile_size"], settings["depth"], settings["upsampling"])
+    settings["foreground_tiles"], why, expected = _sampling(
+        masks, out, ignore_label, overrides.get("foreground_tiles"))
+    reasons["foreground_tiles"] = why
     config = TrainConfig(**settings)
-    config.validate()
-    plan = Plan(settings, reasons, fp, machine)
+    plan = Plan(settings, reasons, fp, machine, tiles_with_objects=expected)
     if "epochs" in overrides or "steps_per_epoch" in overrides:
         settings.setdefault("epochs", config.epochs)
         settings.setdefault("steps_per_epoch", config.steps_per_epoch)
@@ -396,7 +442,6 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
     plan.time_budget = budget
     plan.step_seconds = step_timer(config, fp["channels"])
     val_images = round(fp["images"] * config.val_split) if config.val_split else 0
-    out = output_size(config.tile_size, config.depth, config.upsampling)
     pixels = np.mean([s[0] * s[1] for s in (fp["shape_min"], fp["shape_max"])])
     tiles = val_images * math.ceil(pixels / out ** 2) / config.batch_size
     tuned_on = val_images or fp["images"]  # the validation images, else the training images

@@ -9,8 +9,8 @@ from scipy import ndimage as ndi
 
 from .images import as_yxc, normalize
 from .instances import DEFAULT_SETTINGS, label_instances
-from .metrics import match_instances
-from .weightmaps import as_instances
+from .metrics import match_instances, without_ignored
+from .weightmaps import as_instances, split_ignored
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SPLITS = (None, 0.5, 1, 2, 3, 5, 8)              # h of the h-maxima seeds, pixels
@@ -50,28 +50,33 @@ def describe(settings):
             f"holes <= {settings['max_hole']} px filled")
 
 
-def _pooled_scores(predictions, masks):
-    """F1 at IoU 0.5 of all images' objects together, and the mean DSB2018 AP (a tie-break)."""
+def _pooled_scores(predictions, masks, ignored):
+    """F1 at IoU 0.5 of all images' objects together, and the mean DSB2018 AP (a tie-break);
+    predicted objects lying mostly on unannotated pixels (``ignored``) are not scored."""
     tp = true = predicted = 0
     aps = []
-    for prediction, mask in zip(predictions, masks):
-        m = match_instances(mask, prediction)
+    for prediction, mask, unannotated in zip(predictions, masks, ignored):
+        m = match_instances(*without_ignored(mask, prediction, unannotated))
         tp += m["per_threshold"][0.5]["tp"]
         true, predicted = true + m["true"], predicted + m["predicted"]
         aps.append(m["mean_ap"])
     return (2 * tp / (true + predicted) if true + predicted else 1.0), float(np.mean(aps))
 
 
-def tune(probabilities, masks, target="foreground"):
+def tune(probabilities, masks, target="foreground", ignore_label=None):
     """Post-processing settings that maximise F1@0.5 of the objects of ``masks`` (instance
     labels) in the predicted ``probabilities`` (``(H, W, K)`` per image), with the mean AP as a
-    tie-break: the threshold and the split first, then the smallest object kept.
+    tie-break: the threshold and the split first, then the smallest object kept. Mask pixels
+    equal to ``ignore_label`` are unannotated and not scored.
 
     Holes up to the median true object area are filled. Returns ``(settings, report)``; the
     report holds F1@0.5 before (the defaults: threshold 0.5, no split, nothing dropped) and
-    after.
+    after, and ``foreground_ratio``: the predicted foreground pixels (tuned, on annotated
+    pixels) over the true ones.
     """
-    masks = [as_instances(m, f"mask {i}") for i, m in enumerate(masks)]
+    split = [split_ignored(m, ignore_label, f"mask {i}") for i, m in enumerate(masks)]
+    ignored = [unannotated for _, unannotated in split]
+    masks = [as_instances(m, f"mask {i}") for i, (m, _) in enumerate(split)]
     areas = np.concatenate([np.bincount(m.ravel())[1:] for m in masks])
     areas = areas[areas > 0]
     if not areas.size:
@@ -79,7 +84,7 @@ def tune(probabilities, masks, target="foreground"):
     base = {**DEFAULT_SETTINGS, "target": target, "max_hole": int(np.median(areas))}
 
     def score(settings):
-        return _pooled_scores([label_image(p, settings) for p in probabilities], masks)
+        return _pooled_scores([label_image(p, settings) for p in probabilities], masks, ignored)
 
     def best_of(candidates):  # (settings, scores) of the best, each candidate scored once
         return max(((c, score(c)) for c in candidates), key=lambda scored: scored[1])
@@ -88,8 +93,11 @@ def tune(probabilities, masks, target="foreground"):
     best, _ = best_of([{**base, "threshold": t, "split": h} for t in THRESHOLDS for h in splits])
     small = np.percentile(areas, 5)
     best, scores = best_of([{**best, "min_size": int(f * small)} for f in MIN_SIZE_FRACTIONS])
+    predicted = sum(np.count_nonzero(without_ignored(m, label_image(p, best), i)[1])
+                    for p, m, i in zip(probabilities, masks, ignored))
     report = {"f1_before": score({**DEFAULT_SETTINGS, "target": target})[0],
-              "f1_after": scores[0]}
+              "f1_after": scores[0],
+              "foreground_ratio": round(predicted / sum(np.count_nonzero(m) for m in masks), 4)}
     return best, report
 
 

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from .augment import Augmentation
+from .config import MIN_STEPS, NothingLearned
 from .callbacks import (BestModelCheckpoint, DivergenceGuard, PredictionImages, TrainingDiverged,
                         best_in_history)
 from .data import class_labels, make_dataset
@@ -21,7 +22,13 @@ from .memory import check_fits
 from .model import build_unet
 from .model_folder import BACKUP_DIR, HISTORY_FILE, LOGS_DIR, MODEL_FILE, update_config, write_config
 from .postprocess import describe, tune
+from .sampling import TileCounter
 from .tiling import predict_tiled
+from .weightmaps import split_ignored
+
+# A tuned model below either of these on its tuning images found almost none of the objects.
+LEARNED_NOTHING_F1 = 0.2          # F1@0.5 of the objects
+LEARNED_NOTHING_FOREGROUND = 0.2  # predicted foreground pixels / true ones
 
 
 def make_optimizer(config):
@@ -52,9 +59,10 @@ def _check_folder(out, overwrite):
     return out
 
 
-def _warn_if_one_class(masks, num_classes, target):
+def _warn_if_one_class(masks, num_classes, target, ignore_label):
     present = set()
     for mask in masks:
+        mask = split_ignored(mask, ignore_label)[0]
         present |= set(np.unique(class_labels(mask, num_classes, target=target)).tolist())
     if len(present) < 2:
         warnings.warn(f"every training mask holds class {present.pop()} only: the network will "
@@ -90,10 +98,15 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         TrainingDiverged: a ``ValueError``: the loss became non-finite or exploded; the message
             says what to change, and the last good model (if any) stays in the folder.
         RuntimeError: no epoch gave a finite loss.
+        NothingLearned: a ``RuntimeError``: the tuned model finds almost none of the objects
+            of its tuning images (F1@0.5 below :data:`LEARNED_NOTHING_F1`, or under
+            :data:`LEARNED_NOTHING_FOREGROUND` of their foreground); the message says what was
+            measured and what to try; the complete folder is kept.
 
     After training, the instance post-processing is tuned on the validation images (the
     training images without any) and stored in ``config.json``
-    (:func:`tune_postprocessing`).
+    (:func:`tune_postprocessing`). Unannotated pixels (``config.ignore_label``) weigh 0 in
+    every loss and are left out of the tuning.
 
     Example:
         >>> config = TrainConfig(out="my-model", images="imgs", masks="masks")  # doctest: +SKIP
@@ -124,13 +137,15 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     common = dict(tile_size=config.tile_size, depth=config.depth, upsampling=config.upsampling,
                   weight_map=config.weight_map, w0=config.w0, border_sigma=config.border_sigma,
                   class_weights=config.class_weights, num_classes=config.num_classes,
-                  normalization=config.normalization, target=config.target)
+                  normalization=config.normalization, target=config.target,
+                  foreground_tiles=config.foreground_tiles, ignore_label=config.ignore_label)
+    tiles = TileCounter()
     train_data = make_dataset(pick(images, train_idx), pick(masks, train_idx),
                               batch_size=config.batch_size * replicas, augment=augmentation,
-                              seed=config.seed, **common)
+                              seed=config.seed, counter=tiles, **common)
     val_data = (make_dataset(pick(images, val_idx), pick(masks, val_idx), batch_size=4,
-                             validation=True, **common) if val_idx else None)
-    _warn_if_one_class(masks, config.num_classes, config.target)
+                             validation=True, seed=config.seed, **common) if val_idx else None)
+    _warn_if_one_class(masks, config.num_classes, config.target, config.ignore_label)
     summary = {"images": len(images), "channels": channels,
                "train": pick(names, train_idx), "validation": pick(names, val_idx),
                "shapes": [list(np.shape(i)) for i in images],
@@ -166,32 +181,76 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         return model  # the same weights as the chief's; the folder is the chief's to write
     if not (out / MODEL_FILE).exists():
         raise RuntimeError(f"training produced no finite loss; no model was saved in {out}")
+    _report_tiles(tiles, config, out, verbose)
     model = keras.saving.load_model(out / MODEL_FILE, compile=False)  # the best, for inference
     if config.target != "classes":
         tuned_on = ("validation", val_idx) if val_idx else ("training", train_idx)
-        tune_postprocessing(model, config, out, pick(images, tuned_on[1]),
-                            pick(masks, tuned_on[1]), tuned_on[0], verbose)
+        _, report = tune_postprocessing(model, config, out, pick(images, tuned_on[1]),
+                                        pick(masks, tuned_on[1]), tuned_on[0], verbose)
+        if report is not None:
+            _check_learned(report, config, out, verbose)
     return model
+
+
+def _report_tiles(tiles, config, out, verbose):
+    """Store (and print) the share of drawn training tiles that held an annotated object."""
+    sampling = {"foreground_tiles": config.foreground_tiles, "tiles_drawn": tiles.drawn,
+                "tiles_with_objects": round(tiles.share, 4)}
+    update_config(out, sampling=sampling)
+    if verbose and tiles.drawn:
+        print(f"training tiles: {tiles.drawn} drawn, {100 * tiles.share:.0f} % held an annotated "
+              f"object ({100 * config.foreground_tiles:.0f} % were centred on one)", flush=True)
+
+
+def _check_learned(tuned, config, out, verbose):
+    """Raise :class:`NothingLearned` when the tuned post-processing found almost none of the
+    objects of its images (``tuned``: the report of :func:`tune_postprocessing`). A run
+    shorter than :data:`~unet_tf.config.MIN_STEPS` steps is not expected to have learned:
+    it only says what it measured."""
+    f1, ratio = tuned["f1_after"], tuned["foreground_ratio"]
+    if f1 >= LEARNED_NOTHING_F1 and ratio >= LEARNED_NOTHING_FOREGROUND:
+        return
+    steps = config.epochs * config.steps_per_epoch
+    if steps < MIN_STEPS:
+        if verbose:
+            print(f"note: after {steps} training steps (fewer than the {MIN_STEPS} of the "
+                  f"shortest useful run) the model finds almost none of the objects "
+                  f"(F1@0.5 {f1:.3f})", flush=True)
+        return
+    report = {"f1": f1, "foreground_ratio": ratio, "tuned_on": tuned["tuned_on"]}
+    hints = ["annotate more objects (or whole regions: --ignore-label V marks the pixels you "
+             "did not annotate, so they are not learned as background)",
+             "a longer --time-budget",
+             "check that each mask belongs to its image (same file name, same field of view)"]
+    if config.foreground_tiles < 0.5:
+        hints.insert(1, f"--foreground-tiles 0.5 (was {config.foreground_tiles:g})")
+    raise NothingLearned(
+        f"the trained model found almost none of the objects: on its tuning images "
+        f"({tuned['tuned_on']}) F1@0.5 is {f1:.3f} and it predicts {100 * ratio:.0f} % of "
+        f"the annotated foreground; the model folder is kept in {out}. Try: "
+        + "; ".join(hints), str(out), report)
 
 
 def tune_postprocessing(model, config, out, images, masks, kind="validation", verbose=1):
     """Tune the instance post-processing (:func:`unet_tf.postprocess.tune`) on ``images``
-    predicted by ``model`` and store it under ``postprocessing`` in ``out/config.json``;
-    returns the settings (``None``, defaults kept, when the masks hold no objects)."""
-    if not any(np.any(mask) for mask in masks):  # nothing to score: keep the defaults
+    predicted by ``model`` and store it under ``postprocessing`` in ``out/config.json``.
+
+    Returns ``(settings, report)``: the report of :func:`~unet_tf.postprocess.tune` with
+    ``tuned_on``; ``(None, None)``, defaults kept, when the masks hold no objects."""
+    if not any(np.any(split_ignored(mask, config.ignore_label)[0]) for mask in masks):
         if verbose:
             print(f"post-processing not tuned: the {kind} masks hold no objects", flush=True)
-        return None
+        return None, None
     probabilities = [predict_tiled(model, image, normalization=config.normalization)
                      for image in images]
-    settings, report = tune(probabilities, masks, config.target)
-    update_config(out, postprocessing={**settings, "tuned_on": f"{len(images)} {kind} images",
-                                       **report})
+    settings, report = tune(probabilities, masks, config.target, config.ignore_label)
+    report = {"tuned_on": f"{len(images)} {kind} images", **report}
+    update_config(out, postprocessing={**settings, **report})
     if verbose:
         print(f"post-processing tuned on {len(images)} {kind} image(s): F1@0.5 "
               f"{report['f1_before']:.3f} -> {report['f1_after']:.3f} ({describe(settings)})",
               flush=True)
-    return settings
+    return settings, report
 
 
 def _divergence_message(what, config, out, chief):

@@ -19,6 +19,7 @@ from .metrics import evaluate as evaluate_image
 from .model_folder import load_model_folder
 from .postprocess import label_image, settings_of
 from .tiling import BATCH_SIZE, predict_tiled, tile_count, tile_for
+from .weightmaps import split_ignored
 
 
 class UNet:
@@ -120,12 +121,14 @@ class UNet:
         of :meth:`predict`. ``options`` as for :meth:`predict`."""
         return self.postprocess(self.predict(image, **options), **(postprocessing or {}))
 
-    def evaluate(self, images, masks, names=None, progress=False, postprocessing=None):
+    def evaluate(self, images, masks, names=None, progress=False, postprocessing=None,
+                 ignore_label=None):
         """Metrics of :meth:`segment` against true masks, per image.
 
         Args:
             images, masks: sequences of ``YX``/``YXC`` images and their ``YX`` masks.
             names: a name per image (default ``image 0``, ``image 1``, ...).
+            ignore_label: the mask value of unannotated pixels, left out of every score.
 
         Returns:
             ``{name: metrics}`` with the keys of :func:`unet_tf.metrics.evaluate`; format it
@@ -135,10 +138,14 @@ class UNet:
         if not len(names) == len(images) == len(masks):
             raise ValueError(f"got {len(images)} images, {len(masks)} masks and "
                              f"{len(names)} names")
-        return {name: evaluate_image(mask, self.segment(image, postprocessing, progress=progress),
-                                     self.class_names if self.postprocessing["target"] == "classes"
-                                     else None)
-                for name, image, mask in zip(names, images, masks)}
+        class_names = self.class_names if self.postprocessing["target"] == "classes" else None
+        rows = {}
+        for name, image, mask in zip(names, images, masks):
+            mask, ignored = split_ignored(mask, ignore_label, f"mask {name}")
+            rows[name] = evaluate_image(mask, self.segment(image, postprocessing,
+                                                           progress=progress),
+                                        class_names, ignored)
+        return rows
 
     def export(self, format="savedmodel", **options):
         """Export the folder (see :func:`unet_tf.exporters.export_model`); returns the path."""

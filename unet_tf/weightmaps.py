@@ -38,6 +38,18 @@ def check_mask(mask, name="mask"):
     return mask
 
 
+def split_ignored(mask, ignore_label=None, name="mask"):
+    """``(mask, ignored)``: the checked ``YX`` mask with its unannotated pixels (those equal
+    to ``ignore_label``) set to 0, and those pixels as a boolean array (``None`` without an
+    ignore label). Unannotated pixels are neither object nor background: they weigh 0 in
+    the loss and are left out of every statistic and score."""
+    mask = check_mask(mask, name)
+    if ignore_label is None:
+        return mask, None
+    ignored = mask == ignore_label
+    return np.where(ignored, 0, mask).astype(mask.dtype), ignored
+
+
 def as_instances(mask, name="mask"):
     """Instance labels (int32, 0 = background) from an instance or binary ``YX`` mask.
 
@@ -52,12 +64,13 @@ def as_instances(mask, name="mask"):
     return mask.astype(np.int32)
 
 
-def class_weight_map(foreground, class_weights="balanced"):
+def class_weight_map(foreground, class_weights="balanced", ignored=None):
     """``w_c``: per-pixel weights of the background (False) and foreground (True) classes.
 
-    ``"balanced"`` weighs each present class by ``pixels / (classes_present * class_pixels)``;
+    ``"balanced"`` weighs each present class by ``pixels / (classes_present * class_pixels)``,
+    counting annotated pixels only (not those ``ignored``, a boolean array);
     a ``(w_background, w_foreground)`` tuple or ``{0: w_bg, 1: w_fg}`` dict gives them directly;
-    ``None`` gives 1 everywhere.
+    ``None`` gives 1 everywhere. Ignored pixels keep their class's weight: the caller zeroes them.
     """
     foreground = np.asarray(foreground, dtype=bool)
     if class_weights is None:
@@ -66,10 +79,11 @@ def class_weight_map(foreground, class_weights="balanced"):
         if class_weights != "balanced":
             raise ValueError(f"class_weights must be 'balanced', a (background, foreground) pair, "
                              f"a {{0: ..., 1: ...}} dict or None, got {class_weights!r}")
-        counts = np.array([foreground.size - foreground.sum(), foreground.sum()], np.float64)
+        counted = foreground if ignored is None else foreground[~ignored]
+        counts = np.array([counted.size - counted.sum(), counted.sum()], np.float64)
         present = counts > 0
         weights = np.ones(2)
-        weights[present] = foreground.size / (present.sum() * counts[present])
+        weights[present] = counted.size / (present.sum() * counts[present])
     else:
         if isinstance(class_weights, dict):
             class_weights = [class_weights.get(0), class_weights.get(1)]
@@ -107,7 +121,8 @@ def _two_nearest_distances(instances, reach):
     return d1, d2
 
 
-def weight_map(instances, w0=10.0, sigma=5.0, class_weights="balanced", tolerance=1e-6):
+def weight_map(instances, w0=10.0, sigma=5.0, class_weights="balanced", tolerance=1e-6,
+               ignored=None):
     """The U-Net weight map of an instance (or binary) ``YX`` label image, float32 ``(H, W)``.
 
     Args:
@@ -117,6 +132,8 @@ def weight_map(instances, w0=10.0, sigma=5.0, class_weights="balanced", toleranc
         class_weights: ``w_c``, see :func:`class_weight_map`.
         tolerance: largest difference allowed from the exact map (the border term is skipped
             where it is smaller than this).
+        ignored: a boolean ``YX`` array of unannotated pixels (see :func:`split_ignored`):
+            they are not cells for the distances, not counted for ``w_c``, and weigh 0.
 
     The border term is added on background pixels only, and needs two cells: with fewer it is 0.
     Empty, single-cell and all-foreground masks give finite maps without warnings.
@@ -129,14 +146,15 @@ def weight_map(instances, w0=10.0, sigma=5.0, class_weights="balanced", toleranc
         raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
     instances = as_instances(instances, "instances")
     background = instances == 0
-    weights = class_weight_map(~background, class_weights)
+    weights = class_weight_map(~background, class_weights, ignored)
     reach = border_reach(w0, sigma, tolerance)
-    if reach == 0 or instances.max() < 2 or not background.any():
-        return weights
-    d1, d2 = _two_nearest_distances(instances, reach)
-    near = background & np.isfinite(d2)
-    total = d1[near].astype(np.float64) + d2[near]
-    weights[near] += (w0 * np.exp(-total ** 2 / (2.0 * sigma ** 2))).astype(np.float32)
+    if not (reach == 0 or instances.max() < 2 or not background.any()):
+        d1, d2 = _two_nearest_distances(instances, reach)
+        near = background & np.isfinite(d2)
+        total = d1[near].astype(np.float64) + d2[near]
+        weights[near] += (w0 * np.exp(-total ** 2 / (2.0 * sigma ** 2))).astype(np.float32)
+    if ignored is not None:
+        weights[ignored] = 0.0
     return weights
 
 
