@@ -188,7 +188,7 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         _, report = tune_postprocessing(model, config, out, pick(images, tuned_on[1]),
                                         pick(masks, tuned_on[1]), tuned_on[0], verbose)
         if report is not None:
-            _check_learned(report, config, out, verbose)
+            _check_learned(report, config, out)
     return model
 
 
@@ -202,7 +202,7 @@ def _report_tiles(tiles, config, out, verbose):
               f"object ({100 * config.foreground_tiles:.0f} % were centred on one)", flush=True)
 
 
-def _check_learned(tuned, config, out, verbose):
+def _check_learned(tuned, config, out):
     """Raise :class:`NothingLearned` when the tuned post-processing found almost none of the
     objects of its images (``tuned``: the report of :func:`tune_postprocessing`). A run
     shorter than :data:`~unet_tf.config.MIN_STEPS` steps is not expected to have learned:
@@ -212,10 +212,9 @@ def _check_learned(tuned, config, out, verbose):
         return
     steps = config.epochs * config.steps_per_epoch
     if steps < MIN_STEPS:
-        if verbose:
-            print(f"note: after {steps} training steps (fewer than the {MIN_STEPS} of the "
-                  f"shortest useful run) the model finds almost none of the objects "
-                  f"(F1@0.5 {f1:.3f})", flush=True)
+        warnings.warn(f"after {steps} training steps (fewer than the {MIN_STEPS} of the "
+                      f"shortest useful run) the model finds almost none of the objects "
+                      f"(F1@0.5 {f1:.3f})", UserWarning, stacklevel=3)
         return
     report = {"f1": f1, "foreground_ratio": ratio, "tuned_on": tuned["tuned_on"]}
     hints = ["annotate more objects (or whole regions: --ignore-label V marks the pixels you "
