@@ -155,13 +155,19 @@ def _class_settings(classes, class_names):
     return {"target": "classes", "num_classes": classes, **({"class_names": names} if names else {})}
 
 
+def _percent(fraction):
+    return f"{100 * fraction:.1f} %" if fraction < 0.1 else f"{100 * fraction:.0f} %"
+
+
 def _print_plan(plan, images_dir):
     fp = plan.fingerprint
     print(f"data: {fp['images']} image(s) in {images_dir}, {fp['objects']} objects "
           f"(diameter {fp['diameter_p5_p50_p95'][1]:g} px median, "
           f"{fp['diameter_p5_p50_p95'][2]:g} px 95th percentile), "
           f"{100 * fp['touching_fraction']:.0f} % touching, "
-          f"{100 * fp['foreground_fraction']:.0f} % foreground")
+          f"{_percent(fp['foreground_fraction'])} foreground"
+          + (f" ({_percent(fp['annotated_fraction'])} of the pixels annotated)"
+             if fp.get("annotated_fraction", 1) < 1 else ""))
     hw = plan.hardware
     gpus = ", ".join(g["name"] for g in hw["gpus"]) or "no GPU"
     print(f"machine: {gpus}, {hw['cpu_cores']} CPU cores, {hw['available_ram_gib']} GiB free")

@@ -278,7 +278,10 @@ def _normalization(fp):
                            f"images hold few objects "
                            f"({100 * fp['foreground_fraction_min']:.1f} % foreground): one range "
                            "keeps their background dark")
-    why = (f"object contrast differs between images (ratio {ratio}): each image is stretched "
+    why = ("object contrast cannot be compared (objects darker than the background, or "
+           "images without objects): each image is stretched on its own"
+           if ratio is None and fp["images"] > 1 else
+           f"object contrast differs between images (ratio {ratio}): each image is stretched "
            "on its own" if not steady and fp["images"] > 1 else
            "per-image 1-99.8 percentiles (the field's habit): every image holds objects"
            if fp["images"] > 1 else "one image: its own 1-99.8 percentiles")

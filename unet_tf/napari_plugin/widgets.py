@@ -16,7 +16,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, Label, Li
                               ProgressBar, PushButton, SpinBox, Table, TextEdit)
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError,
                PermissionError)
@@ -52,7 +52,10 @@ def frames_of(data, rgb=False, what="image"):
 
 def _report(error):
     """Notify a failure: one line for the user's mistakes, the type too for anything else."""
-    if isinstance(error, USER_ERRORS):
+    from unet_tf.config import NothingLearned   # here: napari starts without TensorFlow
+    if isinstance(error, NothingLearned):        # a complete folder, but a useless model
+        show_warning(f"unet-tf: {error}")
+    elif isinstance(error, USER_ERRORS):
         show_error(f"unet-tf: {error}")
     else:
         show_error(f"unet-tf: internal error: {type(error).__name__}: {error}")
@@ -242,11 +245,13 @@ def _stop_on_cancel(cancelled, state):
     return Progress()
 
 
-def _train(frames, masks, out, budget, steps, cancelled, state):
+def _train(frames, masks, out, budget, steps, ignore_label, cancelled, state):
     """Plan and train (in a worker); returns the model folder."""
     from unet_tf import UNet
     from unet_tf.planner import make_plan
-    overrides = {"epochs": 1, "steps_per_epoch": steps, "val_split": 0.0} if steps else None
+    overrides = {"epochs": 1, "steps_per_epoch": steps, "val_split": 0.0} if steps else {}
+    if ignore_label:
+        overrides["ignore_label"] = ignore_label
     plan = make_plan(frames, masks, budget, overrides)
     state["plan"] = plan.table()
     config = plan.config(out=str(out))
@@ -267,13 +272,16 @@ class TrainWidget(Container):
         self.out = FileEdit(label="model folder", mode="d", value="unet-tf-model")
         self.budget = LineEdit(label="time budget", value="10m")
         self.steps = SpinBox(label="steps (0: planned)", value=0, min=0, max=100000)
+        self.ignore = SpinBox(label="unannotated label (0: none)", value=0, min=0, max=2**31 - 1)
+        self.ignore.tooltip = ("the label painted where nobody annotated: those pixels are "
+                               "neither learned nor scored (partial annotations)")
         self.run = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel")
         self.bar = ProgressBar(value=0, max=1, label="steps")
         self.loss = Label(value="")
         self.plan = TextEdit(value="", label="plan")
-        self.extend([self.image, self.labels, self.out, self.budget, self.steps, self.run,
-                     self.cancel_button, self.bar, self.loss, self.plan])
+        self.extend([self.image, self.labels, self.out, self.budget, self.steps, self.ignore,
+                     self.run, self.cancel_button, self.bar, self.loss, self.plan])
         self.job = _Job(self.run, self.cancel_button, self.bar)
         self.run.changed.connect(self.train)
         self.state = None
@@ -308,7 +316,8 @@ class TrainWidget(Container):
             return _report(error)
         self.state = {"step": 0, "total": 0, "loss": [], "plan": "", "start": time.time()}
         self.job.start(_train, self._done, frames, masks, out, self.budget.value,
-                       self.steps.value, self.job.cancelled, self.state)
+                       self.steps.value, self.ignore.value or None, self.job.cancelled,
+                       self.state)
         self._poll()
 
     def _poll(self):
