@@ -188,7 +188,7 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         _, report = tune_postprocessing(model, config, out, pick(images, tuned_on[1]),
                                         pick(masks, tuned_on[1]), tuned_on[0], verbose)
         if report is not None:
-            _check_learned(report, config, out)
+            _check_learned(report, config, out, tiles)
     return model
 
 
@@ -202,9 +202,10 @@ def _report_tiles(tiles, config, out, verbose):
               f"object ({100 * config.foreground_tiles:.0f} % were centred on one)", flush=True)
 
 
-def _check_learned(tuned, config, out):
+def _check_learned(tuned, config, out, tiles):
     """Raise :class:`NothingLearned` when the tuned post-processing found almost none of the
-    objects of its images (``tuned``: the report of :func:`tune_postprocessing`). A run
+    objects of its images (``tuned``: the report of :func:`tune_postprocessing`; ``tiles``:
+    the run's :class:`~unet_tf.sampling.TileCounter`). A run
     shorter than :data:`~unet_tf.config.MIN_STEPS` steps is not expected to have learned:
     it only says what it measured."""
     f1, ratio = tuned["f1_after"], tuned["foreground_ratio"]
@@ -221,8 +222,9 @@ def _check_learned(tuned, config, out):
              "did not annotate, so they are not learned as background)",
              "a longer --time-budget",
              "check that each mask belongs to its image (same file name, same field of view)"]
-    if config.foreground_tiles < 0.5:
-        hints.insert(1, f"--foreground-tiles 0.5 (was {config.foreground_tiles:g})")
+    if tiles.drawn and tiles.share < 0.4:
+        hints.insert(1, f"--foreground-tiles 0.5 (only {100 * tiles.share:.0f} % of the training "
+                     "tiles held an object)")
     raise NothingLearned(
         f"the trained model found almost none of the objects: on its tuning images "
         f"({tuned['tuned_on']}) F1@0.5 is {f1:.3f} and it predicts {100 * ratio:.0f} % of "
