@@ -6,6 +6,7 @@ list and ``add_*`` methods) with napari's Qt worker threads. The full ``napari.V
 only with an X server (e.g. ``xvfb-run``); where one is found, the viewer is the full one.
 """
 
+import json
 import os
 import shutil
 
@@ -24,9 +25,9 @@ from unet_tf.napari_plugin.widgets import (EvaluateWidget, SegmentWidget, TrainW
 WAIT = 300_000   # ms: a worker on a busy 2-core CI machine
 
 
-def errors_shown():
+def errors_shown(severity="ERROR"):
     return [str(n.message) for n in notification_manager.records
-            if getattr(n, "severity", None) is not None and n.severity.name == "ERROR"]
+            if getattr(n, "severity", None) is not None and n.severity.name == severity]
 
 
 @pytest.fixture
@@ -100,6 +101,29 @@ def test_train_writes_a_folder_that_segment_uses_and_evaluate_scores(viewer, qtb
     assert table["metric"][:2] == ["foreground_iou", "f1"] and len(table["value"]) == 10
     assert evaluate.metrics["true"] == 125
     assert "merged / split" in viewer.layers
+
+
+@pytest.mark.slow
+def test_train_takes_an_unannotated_label_and_says_when_nothing_was_learned(viewer, qtbot,
+                                                                             tmp_path):
+    labels = viewer.layers["nuclei labels"].data
+    wrong = np.flipud(labels).astype(np.int32)          # annotations of another image
+    wrong[:, :64] = 7777                                 # a strip nobody annotated
+    viewer.add_labels(wrong, name="wrong labels")
+    train = docked(viewer, TrainWidget)
+    train.image.value, train.labels.value = viewer.layers["nuclei"], viewer.layers["wrong labels"]
+    train.out.value = str(tmp_path / "model")
+    train.steps.value = 250
+    train.ignore.value = 7777
+    warnings = len(errors_shown("WARNING"))
+    train.train()
+    qtbot.waitUntil(lambda: len(errors_shown("WARNING")) > warnings, timeout=WAIT)
+    assert "found almost none of the objects" in errors_shown("WARNING")[-1]
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["training"]["ignore_label"] == 7777
+    assert config["plan"]["fingerprint"]["annotated_fraction"] == pytest.approx(1 - 64 / 512,
+                                                                               abs=1e-3)
+    qtbot.waitUntil(lambda: train.run.enabled, timeout=WAIT)
 
 
 def test_evaluate_scores_a_perfect_and_a_merged_prediction(viewer):
