@@ -301,8 +301,10 @@ def test_a_diverging_run_stops_with_exit_2_and_a_hint(ws, tmp_path, capsys):
         batch_size="2")] + ["--quiet"])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert __import__("re").match(r"unet-tf: error: training diverged: the loss became (nan|inf)",
-                                  err) and err.count("\n") == 1, err
+    # NaN/inf on some CPUs; on others (AVX-512 here) it stays finite and explodes in epoch 1
+    assert __import__("re").match(r"unet-tf: error: training diverged: (the loss became (nan|inf)"
+                                  r"|loss exploded to \S+ in epoch 1)", err) \
+        and err.count("\n") == 1, err
     assert "lower the learning rate (it was 10000 with sgd; try 1000" in err
     assert "no model was saved" in err and not (out / "model.keras").exists()
     assert len(_history(out)) <= 1                   # it stopped in the first epoch

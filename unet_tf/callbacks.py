@@ -43,6 +43,10 @@ class DivergenceGuard(keras.callbacks.Callback):
         if loss is not None and not np.isfinite(float(loss)) and self.diverged is None:
             self._stop(f"the loss became {float(loss)} at step {batch + 1} of epoch "
                        f"{self.epoch + 1}")
+        elif loss is not None and "loss" not in self.lowest:
+            # the untrained net's loss: an explosion within the first epoch is measured
+            # against it (lr 1e4 reached a finite 1.5e5 in epoch 1 on an AVX-512 machine)
+            self.lowest["loss"] = float(loss)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
