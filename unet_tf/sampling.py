@@ -16,6 +16,8 @@ import threading
 
 import numpy as np
 
+from .weightmaps import as_instances
+
 
 def object_groups(mask, target):
     """Flat pixel indices to centre tiles on (int64 arrays), one array per object (instance
@@ -25,7 +27,6 @@ def object_groups(mask, target):
     if target == "classes":
         values = mask.ravel()
         return [np.flatnonzero(values == k) for k in np.unique(values) if k > 0]
-    from .weightmaps import as_instances
     instances = as_instances(mask).ravel()
     order = np.argsort(instances, kind="stable")
     bounds = np.searchsorted(instances[order], np.arange(1, instances.max() + 2))
