@@ -198,12 +198,13 @@ def test_old_configs_repeat_their_run_without_centred_tiles():
 
 @pytest.mark.slow
 def test_ignored_nuclei_are_not_learned_as_background(sample, tmp_path):
-    """Half of the nuclei unannotated (ignore label): the net still finds them. The same
-    nuclei painted as background are learned as background."""
+    """Half of the nuclei unannotated (ignore label): the net still finds them, confidently.
+    The same nuclei painted as background are learned as background: the net's foreground
+    probability on them halves (it still finds many: 62 nuclei labelled as such teach it)."""
     image, instances = sample
     partial, hidden = half_ignored(instances)
     as_background = np.where(partial == IGNORE, 0, partial).astype(np.uint16)
-    found = {}
+    found, confidence = {}, {}   # hidden nuclei matched; their mean foreground probability
     for name, mask, ignore in (("ignored", partial, IGNORE), ("background", as_background, None)):
         config = TrainConfig(out=str(tmp_path / name), tile_size=188, depth=4, filters=8,
                              dropout=0.0, epochs=15, steps_per_epoch=20, batch_size=4,
@@ -213,8 +214,9 @@ def test_ignored_nuclei_are_not_learned_as_background(sample, tmp_path):
         predicted = unet.segment(image)
         truth = np.where(np.isin(instances, hidden), instances, 0)   # the hidden nuclei only
         found[name] = match_instances(truth, predicted)["per_threshold"][0.5]["tp"] / len(hidden)
+        confidence[name] = float(unet.predict(image)[..., 1:].sum(-1)[truth > 0].mean())
     assert found["ignored"] >= 0.75, found
-    assert found["ignored"] > found["background"] + 0.3, found
+    assert confidence["ignored"] > confidence["background"] + 0.2, confidence   # 0.79 vs 0.41 here
 
 
 def run_cli(*args):
