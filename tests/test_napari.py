@@ -106,12 +106,13 @@ def test_train_writes_a_folder_that_segment_uses_and_evaluate_scores(viewer, qtb
 @pytest.mark.slow
 def test_train_takes_an_unannotated_label_and_says_when_nothing_was_learned(viewer, qtbot,
                                                                              tmp_path):
-    labels = viewer.layers["nuclei labels"].data
-    wrong = np.flipud(labels).astype(np.int32)          # annotations of another image
-    wrong[:, :64] = 7777                                 # a strip nobody annotated
+    image, labels = viewer.layers["nuclei"].data, viewer.layers["nuclei labels"].data
+    viewer.add_image(image[:256, :256], name="corner")
+    wrong = labels[256:, 256:].astype(np.int32)          # the annotations of another corner
+    wrong[:, :32] = 7777                                 # a strip nobody annotated
     viewer.add_labels(wrong, name="wrong labels")
     train = docked(viewer, TrainWidget)
-    train.image.value, train.labels.value = viewer.layers["nuclei"], viewer.layers["wrong labels"]
+    train.image.value, train.labels.value = viewer.layers["corner"], viewer.layers["wrong labels"]
     train.out.value = str(tmp_path / "model")
     train.steps.value = 250
     train.ignore.value = 7777
@@ -121,7 +122,7 @@ def test_train_takes_an_unannotated_label_and_says_when_nothing_was_learned(view
     assert "found almost none of the objects" in errors_shown("WARNING")[-1]
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["training"]["ignore_label"] == 7777
-    assert config["plan"]["fingerprint"]["annotated_fraction"] == pytest.approx(1 - 64 / 512,
+    assert config["plan"]["fingerprint"]["annotated_fraction"] == pytest.approx(1 - 32 / 256,
                                                                                abs=1e-3)
     qtbot.waitUntil(lambda: train.run.enabled, timeout=WAIT)
 

@@ -72,11 +72,13 @@ class _Job:
 
     def start(self, function, on_done, *args):
         self.cancelled.clear()
-        worker = create_worker(function, *args, _start_thread=False)
+        # errored given here, not connected later: otherwise the worker also re-raises the
+        # error in Qt's event loop, beside the notification
+        worker = create_worker(function, *args, _start_thread=False,
+                               _connect={"errored": _report})
         if hasattr(worker, "yielded"):
             worker.yielded.connect(self.show)
         worker.returned.connect(on_done)
-        worker.errored.connect(_report)
         worker.finished.connect(self._finished)
         self.worker = worker
         self.run.enabled, self.cancel.enabled = False, True
