@@ -188,7 +188,7 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         _, report = tune_postprocessing(model, config, out, pick(images, tuned_on[1]),
                                         pick(masks, tuned_on[1]), tuned_on[0], verbose)
         if report is not None:
-            _check_learned(report, config, out, tiles)
+            _check_learned(report, out, tiles, int(optimizer.iterations))
     return model
 
 
@@ -202,17 +202,16 @@ def _report_tiles(tiles, config, out, verbose):
               f"object ({100 * config.foreground_tiles:.0f} % were centred on one)", flush=True)
 
 
-def _check_learned(tuned, config, out, tiles):
+def _check_learned(tuned, out, tiles, steps):
     """Raise :class:`NothingLearned` when the tuned post-processing found almost none of the
     objects of its images (``tuned``: the report of :func:`tune_postprocessing`; ``tiles``:
-    the run's :class:`~unet_tf.sampling.TileCounter`). A run
+    the run's :class:`~unet_tf.sampling.TileCounter`; ``steps``: the steps trained). A run
     shorter than :data:`~unet_tf.config.MIN_STEPS` steps is not expected to have learned:
     it only says what it measured."""
     f1, ratio = tuned["f1_after"], tuned["foreground_ratio"]
     if f1 >= LEARNED_NOTHING_F1 and ratio >= LEARNED_NOTHING_FOREGROUND:
         return
-    steps = config.epochs * config.steps_per_epoch
-    if steps < MIN_STEPS:
+    if steps < MIN_STEPS:   # a short run, or one cancelled early: not expected to have learned
         warnings.warn(f"after {steps} training steps (fewer than the {MIN_STEPS} of the "
                       f"shortest useful run) the model finds almost none of the objects "
                       f"(F1@0.5 {f1:.3f})", UserWarning, stacklevel=3)
