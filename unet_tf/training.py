@@ -188,7 +188,8 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         _, report = tune_postprocessing(model, config, out, pick(images, tuned_on[1]),
                                         pick(masks, tuned_on[1]), tuned_on[0], verbose)
         if report is not None:
-            _check_learned(report, out, tiles, int(optimizer.iterations))
+            # convert_to_numpy: int() fails on the MirroredVariable behind a strategy's counter
+            _check_learned(report, out, tiles, int(keras.ops.convert_to_numpy(optimizer.iterations)))
     return model
 
 
