@@ -33,10 +33,10 @@ def module_name(path):
 
 
 def imports_of(path, top_level_only):
-    """The unet_tf modules a file imports (relative imports resolved), ``__init__`` excluded."""
+    """The unet_tf modules a file imports (relative imports resolved)."""
     tree = ast.parse(path.read_text())
-    package = module_name(path).split(".") if path.name == "__init__.py" else \
-        module_name(path).split(".")[:-1]
+    parts = [part for part in module_name(path).split(".") if part]   # "" is the package
+    package = parts if path.name == "__init__.py" else parts[:-1]
     nodes = tree.body if top_level_only else ast.walk(tree)
     found = set()
     for node in nodes:
@@ -55,8 +55,19 @@ def imports_of(path, top_level_only):
 
 
 def import_graph(top_level_only=False):
-    return {module_name(p): imports_of(p, top_level_only) for p in PACKAGE.rglob("*.py")
-            if p.name != "__init__.py" or p.parent != PACKAGE}
+    """``{module: the unet_tf modules it imports}``, the package's ``__init__`` (as "") and the
+    imports inside functions included unless ``top_level_only``."""
+    return {module_name(p): imports_of(p, top_level_only) for p in PACKAGE.rglob("*.py")}
+
+
+def reached_from(graph, module):
+    reached, todo = set(), [module]
+    while todo:
+        for other in graph.get(todo.pop(), ()):
+            if other not in reached:
+                reached.add(other)
+                todo.append(other)
+    return reached
 
 
 def test_no_import_cycles():
@@ -80,15 +91,24 @@ def test_no_import_cycles():
 
 
 def test_prediction_and_export_import_no_training_code():
-    graph = import_graph(top_level_only=True)
+    graph = import_graph()
+    graph["unet"].discard("training")   # UNet.train, the one door from a prediction object to it
     for module in PREDICTION_AND_EXPORT:
-        reached, todo = set(), [module]
-        while todo:
-            for other in graph.get(todo.pop(), ()):
-                if other not in reached:
-                    reached.add(other)
-                    todo.append(other)
+        reached = reached_from(graph, module)
         assert not reached & TRAINING_CODE, f"{module} imports {sorted(reached & TRAINING_CODE)}"
+
+
+@pytest.mark.parametrize("module", ["", "cli", "sizes", "config", "io", "metrics", "instances",
+                                    "images", "planner", "errors", "version"])
+def test_the_package_the_cli_and_the_pure_modules_import_no_tensorflow(module):
+    reached = reached_from(import_graph(top_level_only=True), module) | {module}
+    assert "backend" not in reached, f"unet_tf.{module} reaches unet_tf.backend (TensorFlow)"
+    for name in reached:
+        path = PACKAGE / (name.replace(".", "/") + ".py")
+        source = path.read_text() if path.exists() else (PACKAGE / name / "__init__.py").read_text()
+        tree = ast.parse(source)
+        top = {a.name for node in tree.body if isinstance(node, ast.Import) for a in node.names}
+        assert not top & {"tensorflow", "keras"}, f"unet_tf.{name} imports {top}"
 
 
 def test_no_private_names_cross_modules():
@@ -124,18 +144,52 @@ def test_quantisation_round_trips_int8_and_uint8(dtype):
 
 FRESH_LOAD = """
 import sys
-import unet_tf, keras
+{imports}
 model = keras.saving.load_model(sys.argv[1] + "/model.keras")
 folder_model, config = unet_tf.load_model_folder(sys.argv[1])
 print(model.name, len(model.layers), config["tile_size"])
 """
 
 
-def test_a_saved_model_loads_in_a_fresh_interpreter_as_the_readme_says(trained_folder):
-    result = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(trained_folder)],
-                            capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("imports", ["import unet_tf.layers, keras", "import keras, unet_tf"])
+def test_a_saved_model_loads_in_a_fresh_interpreter_as_the_readme_says(trained_folder, imports):
+    result = subprocess.run([sys.executable, "-c", FRESH_LOAD.format(imports=imports),
+                             str(trained_folder)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[0] == "unet" and result.stdout.split()[2] == "188"
+
+
+NO_TENSORFLOW = """
+import contextlib, io, sys
+import unet_tf, unet_tf.cli, unet_tf.sizes, unet_tf.config, unet_tf.io, unet_tf.metrics
+import unet_tf.instances, unet_tf.images, unet_tf.planner
+from unet_tf.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    for argv in (["--help"], ["train", "--help"], ["train", "--out", "m"]):
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+    codes = [main(["sizes", "570"]), main(["train", "--images", "nowhere", "--masks", "nowhere",
+                                           "--out", "m"])]
+print(codes, unet_tf.__version__, "tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+
+
+def test_the_package_the_cli_and_input_errors_load_no_tensorflow():
+    result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW], capture_output=True, text=True,
+                            timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["[0,", "2]", unet_tf.__version__, "False", "False"]
+
+
+def test_the_first_name_that_computes_loads_tensorflow_and_the_layers():
+    import keras
+    assert unet_tf.UNet.__module__ == "unet_tf.unet" and "UNet" in dir(unet_tf)
+    assert keras.saving.get_registered_object("unet_tf>InputSizeCheck") is not None
+    with pytest.raises(AttributeError, match="no attribute 'predict_everything'"):
+        unet_tf.predict_everything
 
 
 def test_unet_object_predicts_like_predict_tiled_with_the_folders_settings(trained_folder,

@@ -4,10 +4,9 @@ and TensorBoard pictures of the predictions."""
 import csv
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 
+from .backend import keras, tf
 from .io import write_atomically
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import overlap_tile
+from .errors import MissingExtra
 from .omezarr import (build_pyramid, create_group, create_level, open_image,
                       write_labels_metadata, write_multiscales)
 
@@ -45,7 +46,7 @@ def _round_up(value, multiple):
 def _limit_tensorflow_threads(threads):
     """Give TensorFlow ``threads`` cores; possible only before its runtime starts (any device
     query starts it), so a worker calls this first."""
-    import tensorflow as tf
+    from .backend import tf
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -600,7 +601,7 @@ def dask_client(workers=None, scheduler=None, threads=None):
     try:
         from distributed import Client, LocalCluster
     except ModuleNotFoundError:
-        raise ModuleNotFoundError("--workers/--scheduler need Dask's distributed: pip install "
+        raise MissingExtra("--workers/--scheduler need Dask's distributed: pip install "
                                   "'unet-tf[large]'") from None
     if scheduler:
         with Client(scheduler) as client:

@@ -15,16 +15,15 @@ from pathlib import Path
 from .chunked import CHUNK, RUNTIMES
 from .config import LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, NothingLearned, TrainConfig
 from .demo import DEMO_BUDGET
-from .planner import format_duration
+from .errors import USER_ERRORS
 from .exporters import FORMATS as EXPORT_FORMATS
 from .images import NORMALIZATION_CHOICES
+from .memory import BATCH_SIZE
 from .native import stderr_captured
 from .sizes import UPSAMPLING_MODES
-from .tiling import BATCH_SIZE
 
 PROG = "unet-tf"
-EXIT_NOTHING_LEARNED = 3
-COMMANDS = ("demo", "plan", "train", "predict", "evaluate", "export", "check-edgetpu", "sizes", "summary")
+EXIT_INTERNAL, EXIT_USER_ERROR, EXIT_NOTHING_LEARNED = 1, 2, 3
 DEFAULTS = TrainConfig()  # the CLI's defaults are the config's: one place for each
 
 
@@ -38,7 +37,7 @@ def _progress_verbosity(quiet):
 
 def _progress_bar(total, quiet):
     """A tile counter for long predictions, or ``None`` with --quiet."""
-    import keras
+    from .backend import keras
     verbose = _progress_verbosity(quiet)
     return keras.utils.Progbar(total, unit_name="tile", verbose=verbose) if verbose else None
 
@@ -160,6 +159,7 @@ def _percent(fraction):
 
 
 def _print_plan(plan, images_dir):
+    from .planner import format_duration
     fp = plan.fingerprint
     print(f"data: {fp['images']} image(s) in {images_dir}, {fp['objects']} objects "
           f"(diameter {fp['diameter_p5_p50_p95'][1]:g} px median, "
@@ -227,9 +227,10 @@ def _read_json(path):
 
 def _cmd_train(args):
     import time
-    from .training import train
+    from .planner import format_duration
     start = time.perf_counter()
     config, plan, (images, masks, names) = _planned_run(args)
+    from .training import train  # TensorFlow: after the inputs have been checked
     if plan is not None and not args.config:
         _print_plan(plan, args.images)
     train(config, images, masks, names, overwrite=args.overwrite,
@@ -437,7 +438,7 @@ def _counter(quiet, unit):
 
     def progress(done, total):
         if verbose and not bars:
-            import keras
+            from .backend import keras
             bars.append(keras.utils.Progbar(total, unit_name=unit, verbose=verbose))
         if verbose:
             bars[0].update(done)
@@ -650,13 +651,10 @@ def _add_demo(subparsers):
 
 # --------------------------------------------------------------------------- main
 
-def _discover_devices_quietly():
-    """With a CUDA build of TensorFlow on a machine without a GPU, the first device lookup
-    prints a cuInit error that TF_CPP_MIN_LOG_LEVEL does not silence: do it here, with stderr
-    captured (``import unet_tf`` already imported TensorFlow, quietly)."""
-    with stderr_captured():
-        import tensorflow
-        tensorflow.config.list_physical_devices()
+# each command's parser, in the order `unet-tf --help` lists them
+COMMANDS = {"demo": _add_demo, "plan": _add_plan, "train": _add_train, "predict": _add_predict,
+            "evaluate": _add_evaluate, "export": _add_export, "check-edgetpu": _add_check_edgetpu,
+            "sizes": _add_sizes, "summary": _add_summary}
 
 
 def build_parser():
@@ -665,8 +663,8 @@ def build_parser():
         description="U-Net segmentation for microscopy: train, predict, evaluate, export.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        globals()[f"_add_{name.replace('-', '_')}"](subparsers)
+    for add in COMMANDS.values():
+        add(subparsers)
     return parser
 
 
@@ -674,25 +672,28 @@ def main(argv=None):
     # tifffile logs a warning before it fails on a corrupt file; our error says it in one line.
     logging.getLogger("tifffile").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
-    if not args.debug:
-        _discover_devices_quietly()
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            PermissionError, ModuleNotFoundError) as err:  # the last: an optional extra is missing
-        if args.debug:
-            raise
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except NothingLearned as err:
+    except Exception as err:
         if args.debug:
             raise
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return EXIT_NOTHING_LEARNED
+        code, message = _exit_for(err)
+        print(f"{PROG}: {message}", file=sys.stderr)
+        return code
     return 0
+
+
+def _exit_for(err):
+    """``(exit code, message)`` for an exception that ended a command (see the module's doc)."""
+    if isinstance(err, NothingLearned):
+        return EXIT_NOTHING_LEARNED, str(err)
+    if isinstance(err, USER_ERRORS):
+        return EXIT_USER_ERROR, f"error: {err}"
+    return EXIT_INTERNAL, (f"internal error: {type(err).__name__}: {err} (rerun with --debug for "
+                           "the traceback, and please report it)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 
+from .errors import InvalidType
 from .images import NORMALIZATION
 from .sizes import output_size
 
@@ -143,11 +144,11 @@ class TrainConfig:
         for name in ("tile_size", "depth", "filters", "num_classes", "epochs", "steps_per_epoch",
                      "batch_size", "seed"):
             if not integer(getattr(self, name)):
-                raise TypeError(f"{name} must be an integer, got {getattr(self, name)!r}")
+                raise InvalidType(f"{name} must be an integer, got {getattr(self, name)!r}")
         for name in ("dropout", "learning_rate", "momentum", "w0", "border_sigma", "elastic_sigma",
                      "val_split", "foreground_tiles"):
             if not number(getattr(self, name)) or not np.isfinite(getattr(self, name)):
-                raise TypeError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+                raise InvalidType(f"{name} must be a finite number, got {getattr(self, name)!r}")
         output_size(self.tile_size, self.depth, self.upsampling)
         norm = self.normalization
         checks = [

@@ -11,9 +11,9 @@ import atexit
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 from scipy import ndimage as ndi
 
+from .backend import tf
 from .augment import Augmentation
 from .images import NORMALIZATION, check_image, crop_reflect, normalize_with
 from .sampling import draw_window, object_groups

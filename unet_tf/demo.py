@@ -10,12 +10,6 @@ import json
 import time
 from pathlib import Path
 
-from .io import write_atomically, write_image
-from .metrics import evaluate
-from .planner import format_duration, make_plan
-from .postprocess import overlay
-from .samples import load_sample
-from .unet import UNet
 
 # The planner chooses everything, as for a user's data, within a budget that keeps the demo at
 # about a minute and a half on 2 fast CPU cores; a slower machine gets the planner's minimum
@@ -26,6 +20,13 @@ TRAIN_COLUMNS = 384
 
 def run_demo(out="unet-tf-demo", time_budget=DEMO_BUDGET, overwrite=False, quiet=False):
     """Plan, train, predict and evaluate on the bundled sample; returns the held-out metrics."""
+    # imported here, so `unet-tf --help` (which reads DEMO_BUDGET) loads none of it
+    from .io import write_atomically, write_image
+    from .metrics import evaluate
+    from .planner import format_duration, make_plan
+    from .postprocess import overlay
+    from .samples import load_sample
+    from .unet import UNet
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty (use --overwrite to replace the demo there)")

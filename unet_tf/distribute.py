@@ -15,10 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 
+from .backend import keras, tf
 from .config import STRATEGIES
 
 

@@ -7,6 +7,7 @@ numbers seen in training, tiled prediction and exported models are the same.
 
 import numpy as np
 
+from .errors import InvalidType
 from .overlap_tile import apply_range, crop_reflect, percentiles, reflect_index
 from .overlap_tile import normalization_range as range_for
 
@@ -54,7 +55,7 @@ def check_image(image, name="image"):
     image = as_yxc(image, name)
     if image.dtype == bool or not np.issubdtype(image.dtype, np.number) \
             or np.issubdtype(image.dtype, np.complexfloating):
-        raise TypeError(f"{name} must hold real intensities (integer or float), got dtype "
+        raise InvalidType(f"{name} must hold real intensities (integer or float), got dtype "
                         f"{image.dtype}")
     if image.size == 0:
         raise ValueError(f"{name} is empty (shape {image.shape})")
@@ -68,7 +69,7 @@ def normalization_range(image, low=NORMALIZATION["low"], high=NORMALIZATION["hig
     """The ``(lo, hi)`` intensities that :func:`normalize` maps to 0 and 1."""
     image = np.asarray(image)
     if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
-        raise TypeError(f"image must be a real numeric array, got dtype {image.dtype}")
+        raise InvalidType(f"image must be a real numeric array, got dtype {image.dtype}")
     if image.size == 0:
         raise ValueError(f"image is empty (shape {image.shape})")
     lo, hi = percentiles(image, (low, high))

@@ -1,13 +1,12 @@
 """The two custom layers of a unet-tf U-Net, registered with Keras under the package "unet_tf".
 
-``import unet_tf`` imports this module, so ``keras.saving.load_model("M/model.keras")`` finds
-both classes without ``custom_objects``. It imports nothing else of unet_tf but the size
+Importing this module (``import unet_tf.layers``, or anything of unet_tf that builds or loads a
+model) lets ``keras.saving.load_model("M/model.keras")`` find both classes without
+``custom_objects``. It imports nothing else of unet_tf but the size
 arithmetic, which it needs to check sizes.
 """
 
-import keras
-import tensorflow as tf
-
+from .backend import keras, tf
 from .sizes import check_input_size, size_rule
 
 

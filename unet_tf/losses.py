@@ -7,7 +7,7 @@ multiplies it pixel by pixel. The ``"sum_over_batch_size"`` reduction then divid
 sum by the number of pixels, i.e. the paper's energy divided by a constant.
 """
 
-import keras
+from .backend import keras
 
 
 def weighted_pixel_loss():

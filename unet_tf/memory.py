@@ -14,6 +14,7 @@ import numpy as np
 TRAINING_FACTOR = 3.0   # activations + their gradients + temporaries
 GIB = 2 ** 30
 INFERENCE_MEMORY = 2 * GIB
+BATCH_SIZE = 4   # tiles per forward pass: on 2-8 CPU cores larger batches gain < 10 %
 
 
 @functools.lru_cache(maxsize=32)
@@ -72,7 +73,7 @@ def check_fits(tile_size, batch_size, training, depth=5, filters=64, upsampling=
 
     Skipped when a GPU is visible (its memory is not the host's) or the OS does not say.
     """
-    import tensorflow as tf
+    from .backend import tf
     available = available_bytes()
     if available is None or tf.config.list_physical_devices("GPU"):
         return

@@ -3,8 +3,7 @@
 Sizes follow :mod:`unet_tf.sizes`; the two custom layers live in :mod:`unet_tf.layers`.
 """
 
-import keras
-
+from .backend import keras
 from .layers import InputSizeCheck, NearestUpsample2x
 from .sizes import check_input_size, crop_amounts, size_rule
 

@@ -2,7 +2,7 @@
 
     MODEL_DIR/
       model.keras    best model by validation loss (training loss without validation images);
-                     loads with keras.saving.load_model after ``import unet_tf``
+                     loads with keras.saving.load_model after ``import unet_tf.layers``
       config.json    architecture, tile geometry, normalisation, classes, training settings,
                      data summary, versions: all that prediction and export need
       history.csv    one row per epoch
@@ -18,13 +18,12 @@ import datetime
 import json
 from pathlib import Path
 
-import keras
-import tensorflow as tf
-
-from . import __version__
+from . import layers  # noqa: F401  (registers the two layers every model.keras holds)
+from .backend import keras, tf
 from .instances import DEFAULT_SETTINGS
 from .io import write_atomically
 from .sizes import output_size
+from .version import __version__
 
 MODEL_FILE, CONFIG_FILE, HISTORY_FILE, BACKUP_DIR, LOGS_DIR, EXPORT_DIR = (
     "model.keras", "config.json", "history.csv", "backup", "logs", "export")

@@ -1,4 +1,4 @@
-"""Native code's start-up noise kept off the user's stderr.
+"""Native code's start-up noise kept off the user's stderr (:mod:`.backend` imports TensorFlow so).
 
 TensorFlow >= 2.19 writes INFO lines (oneDNN notes, absl's "All log messages before
 absl::InitializeLog()") straight to file descriptor 2 when it is imported, whatever
@@ -31,11 +31,3 @@ def stderr_captured():
             os.dup2(saved, 2)
             os.close(saved)
 
-
-def import_tensorflow_quietly():
-    """``import tensorflow`` with its start-up lines captured, unless the user asked for
-    them (``TF_CPP_MIN_LOG_LEVEL=0``)."""
-    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") != "0"
-    with stderr_captured() if quiet else contextlib.nullcontext():
-        import tensorflow
-    return tensorflow

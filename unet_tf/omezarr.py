@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import MissingExtra
+
 NGFF_WRITE_VERSION = "0.4"
 PYRAMID_SMALLEST = 256   # stop halving once the level fits in this many pixels across
 
@@ -22,7 +24,7 @@ def _require(module):
     try:
         return __import__(module)
     except ModuleNotFoundError:
-        raise ModuleNotFoundError(
+        raise MissingExtra(
             f"large-image prediction needs {module}: pip install 'unet-tf[large]'") from None
 
 

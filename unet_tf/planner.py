@@ -135,7 +135,7 @@ def fingerprint(images, masks, num_classes=2, ignore_label=None):
 
 def hardware():
     """This machine: GPUs (name, memory when TensorFlow tells), CPU cores, available RAM."""
-    import tensorflow as tf
+    from .backend import tf
     gpus = []
     for device in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(device)
@@ -174,7 +174,7 @@ def time_training_step(config, channels, steps=TIMED_STEPS):
     """Seconds per training step of ``config``'s network, tile and batch on this machine
     (the median of ``steps`` after two warm-up steps, with the real loss and optimizer; the
     best of them planned runs up to 12 % over the budget: steps vary that much here)."""
-    import keras
+    from .backend import keras
     from .losses import weighted_pixel_loss
     from .model import build_unet
     from .training import make_optimizer

@@ -10,6 +10,8 @@ for every valid size too; they are computed here, never hard-coded.
 
 import functools
 
+from .errors import InvalidType
+
 UPSAMPLING_MODES = ("transpose", "resize_conv")
 
 
@@ -89,7 +91,7 @@ def is_valid_input_size(size, depth=5, upsampling="transpose"):
 def check_input_size(size, depth=5, upsampling="transpose"):
     """Raise ``ValueError`` naming the two nearest valid sizes unless ``size`` is valid."""
     if not isinstance(size, int) or isinstance(size, bool):
-        raise TypeError(f"input size must be an integer, got {size!r}")
+        raise InvalidType(f"input size must be an integer, got {size!r}")
     if not is_valid_input_size(size, depth, upsampling):
         raise ValueError(_invalid_size_message(size, depth, upsampling))
 

@@ -12,17 +12,14 @@ The geometry itself lives in :mod:`unet_tf.overlap_tile`, shared with the Tensor
 
 import weakref
 
-import keras
-import tensorflow as tf
-
+from .backend import keras, tf
 from . import overlap_tile
 from .images import NORMALIZATION, check_image
 from .layers import InputSizeCheck
-from .memory import check_fits, inference_budget, tile_bytes
+from .memory import BATCH_SIZE, check_fits, inference_budget, tile_bytes
 from .sizes import input_size_for_output, output_size, size_rule
 
 OUTPUTS = ("probabilities", "logits", "labels")
-BATCH_SIZE = 4   # tiles per forward pass: on 2-8 CPU cores larger batches gain < 10 %
 
 
 def model_geometry(model):

@@ -5,9 +5,9 @@ import shutil
 import warnings
 from pathlib import Path
 
-import keras
 import numpy as np
 
+from .backend import keras
 from .augment import Augmentation
 from .config import MIN_STEPS, NothingLearned
 from .callbacks import (BestModelCheckpoint, DivergenceGuard, PredictionImages, TrainingDiverged,

@@ -18,7 +18,8 @@ from pathlib import Path
 from .metrics import evaluate as evaluate_image
 from .model_folder import load_model_folder
 from .postprocess import label_image, settings_of
-from .tiling import BATCH_SIZE, predict_tiled, tile_count, tile_for
+from .memory import BATCH_SIZE
+from .tiling import predict_tiled, tile_count, tile_for
 from .weightmaps import split_ignored
 
 

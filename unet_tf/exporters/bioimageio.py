@@ -16,10 +16,11 @@ import os
 import tempfile
 from pathlib import Path
 
-import keras
 import numpy as np
 
-from .. import __version__
+from ..backend import keras
+from ..errors import MissingExtra
+from ..version import __version__
 from ..images import normalize_with
 from ..io import check_writable, write_atomically, write_image
 from ..layers import InputSizeCheck, NearestUpsample2x
@@ -44,7 +45,7 @@ def spec_module():
         import bioimageio.core  # noqa: F401
         import bioimageio.spec
     except ImportError as err:
-        raise ModuleNotFoundError("bioimage.io export needs the bioimageio extra: "
+        raise MissingExtra("bioimage.io export needs the bioimageio extra: "
                                   f"pip install 'unet-tf[bioimageio]'; {err}") from None
     return bioimageio.spec
 
@@ -170,7 +171,7 @@ def export_bioimageio(model, config, path, onnx=True):
 
 
 def _tf_version():
-    import tensorflow as tf
+    from ..backend import tf
     return tf.__version__
 
 

@@ -2,8 +2,9 @@
 deepImageJ. Needs the ``onnx`` extra."""
 
 import numpy as np
-import tensorflow as tf
 
+from ..backend import tf
+from ..errors import MissingExtra
 from ..io import check_writable, write_atomically
 from ..model_folder import load_model_folder, read_config
 from .common import ONNX_OPSET, check_target, export_dir
@@ -16,7 +17,7 @@ def onnx_modules():
         import onnxruntime  # noqa: F401
         import tf2onnx
     except ImportError as err:
-        raise ModuleNotFoundError(f"ONNX export needs the onnx extra: pip install 'unet-tf[onnx]' "
+        raise MissingExtra(f"ONNX export needs the onnx extra: pip install 'unet-tf[onnx]' "
                           f"(tf2onnx, onnxruntime); {err}") from None
     return tf2onnx
 

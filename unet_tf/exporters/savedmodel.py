@@ -12,9 +12,7 @@ on the probabilities: ``export/serving/rest_client.py`` does it with ``export/in
 
 import shutil
 
-import keras
-import tensorflow as tf
-
+from ..backend import keras, tf
 from ..io import check_writable
 from ..model_folder import load_model_folder, read_config
 from ..sizes import size_rule

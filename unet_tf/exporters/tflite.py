@@ -16,11 +16,11 @@ import os
 import tempfile
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from .. import __version__, overlap_tile
+from ..backend import keras, tf
+from .. import overlap_tile
+from ..version import __version__
 from ..images import NORMALIZATION, check_image
 from ..io import check_writable, list_images, read_frames, write_atomically
 from ..model import build_unet

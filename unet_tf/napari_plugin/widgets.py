@@ -235,7 +235,7 @@ class SegmentWidget(Container):
 
 def _stop_on_cancel(cancelled, state):
     """A Keras callback: records step and loss for the widget, and stops on Cancel."""
-    import keras
+    from ..backend import keras
 
     class Progress(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
