@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from instances import label_instances  # noqa: E402
-from overlap_tile import as_yxc_with, invoke_tiles, predict_tiled, softmax  # noqa: E402
+from overlap_tile import as_yxc_with, invoke_tiles, predict_image, softmax  # noqa: E402
 
 PROG = "edge_predict"
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -75,7 +75,7 @@ class EdgeModel:
         for a whole ``YX``/``YXC`` image of any size."""
         meta = self.meta
         image = as_yxc_with(image, meta["channels"])
-        logits = predict_tiled(image, self.predict_tiles, meta["tile_size"], meta["output_size"],
+        logits = predict_image(image, self.predict_tiles, meta["tile_size"], meta["output_size"],
                                meta["pooling_period"], meta["normalization"])
         if output == "logits":
             return logits

@@ -88,7 +88,7 @@ def crop_reflect(array, top, left, height, width):
     return array[rows[:, None], cols[None, :]]
 
 
-def tile_grid(height, width, output_size, period):
+def window_grid(height, width, output_size, period):
     """``(stride, corners)``: top-left corners of the output windows covering an image, on a
     regular grid (the last ones overhang). One window that covers the image is exact whatever
     its size; a grid needs windows aligned to the pooling ``period``."""
@@ -113,7 +113,7 @@ def as_yxc_with(image, channels):
     return image
 
 
-def predict_tiled(image, predict_tiles, tile_size, output_size, period, normalization,
+def predict_image(image, predict_tiles, tile_size, output_size, period, normalization,
                   batch_size=1, on_batch=None):
     """Network output for a whole ``YXC`` image, tile by tile.
 
@@ -139,13 +139,13 @@ def predict_window(image, predict_tiles, tile_size, output_size, period, value_r
     values ``value_range = (lo, hi)`` map to 0 and 1.
 
     Context outside ``image`` is mirrored. The output windows start at ``(top, left)`` and
-    step by a multiple of ``period``: the result is exact (equal to :func:`predict_tiled` of the
+    step by a multiple of ``period``: the result is exact (equal to :func:`predict_image` of the
     whole image) when ``(top, left)`` lies on the pooling grid of the whole image, e.g. when
     ``image`` is a region already holding its mirrored context (chunked prediction).
     """
     top0, left0, height, width = window
     margin = (tile_size - output_size) // 2
-    stride, corners = tile_grid(height, width, output_size, period)
+    stride, corners = window_grid(height, width, output_size, period)
     lo, hi = value_range
     result = None
     for start in range(0, len(corners), batch_size):

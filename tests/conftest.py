@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # napari widget tests: no display needed
@@ -38,3 +40,10 @@ def trained_folder(tmp_path_factory, sample):
                          class_weights=None, val_split=0.0)
     train(config, verbose=0)
     return root / "model"
+
+
+def run_cli(*args, timeout=900):
+    """``unet-tf ARGS`` in a fresh interpreter (``from conftest import run_cli``): for what only a
+    new process shows (exit codes, stderr, start-up); in-process ``main([...])`` is faster."""
+    return subprocess.run([sys.executable, "-m", "unet_tf.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,14 +1,7 @@
-import subprocess
-import sys
-
 import pytest
 
 from unet_tf.cli import COMMANDS, main
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "unet_tf.cli", *args], capture_output=True,
-                          text=True, timeout=300)
+from conftest import run_cli
 
 
 def test_sizes_command(capsys):

@@ -1,8 +1,6 @@
 """The CLI end to end on a tiny model: train -> predict -> evaluate, and its errors."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,11 +8,7 @@ import tifffile
 
 from unet_tf.exporters.tflite import device_tile_size
 from unet_tf.io import write_image
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "unet_tf.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -311,6 +311,21 @@ def test_ci_runs_the_readme_commands_verbatim():
 def test_tests_needing_an_extra_skip_with_a_reason_naming_it():
     import re
     for path in sorted((REPO / "tests").glob("test_*.py")):
-        calls = re.findall(r"importorskip\((.*?)\)\n", path.read_text(), flags=re.S)
+        calls = re.findall(r"pytest\.importorskip\((.*?)\)\n", path.read_text(), flags=re.S)
         for call in calls:
             assert "reason=" in call, f"{path.name}: importorskip({call}) gives no reason"
+
+
+def test_no_two_modules_define_the_same_public_name():
+    """One name, one concept: ``tile_grid`` or ``THRESHOLDS`` meaning two things misled readers.
+    Each exporter's ``export`` is the one deliberate repeat: the dispatcher's interface."""
+    defined = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            targets = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else [
+                t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+            for name in targets:
+                if not name.startswith("_") and name != "export":
+                    defined.setdefault(name, []).append(module_name(path))
+    repeated = {name: modules for name, modules in defined.items() if len(modules) > 1}
+    assert not repeated, repeated

@@ -2,8 +2,6 @@
 
 import shutil
 import stat
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,11 +16,7 @@ from unet_tf.io import write_image
 from unet_tf.metrics import match_instances
 from unet_tf.omezarr import LazyImage, save_image
 from unet_tf.unet import UNet
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "unet_tf.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=900)
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 budget, reproducible runs from config.json, and inference tiles free of the training tile."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from unet_tf.io import write_image
 from unet_tf.planner import MIN_STEPS, fingerprint, make_plan, minimum_budget, parse_duration
 from unet_tf.tiling import inference_tile_size, predict_tiled
 from unet_tf.training import train
+from conftest import run_cli
 
 CPU = {"gpus": [], "cpu_cores": 2, "available_ram_gib": 16.0}
 GPU = {"gpus": [{"name": "fake A100", "compute_capability": [8, 0]}], "cpu_cores": 8,
@@ -121,11 +120,6 @@ def test_durations(text, seconds):
     assert parse_duration(text) == seconds
     with pytest.raises(ValueError, match="time budget"):
         parse_duration("soon")
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "unet_tf.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ objects, as planned), partial annotations (an ignore label that changes no gradi
 score), and a run that learned nothing saying so (exit code 3)."""
 
 import json
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -21,6 +19,7 @@ from unet_tf.planner import fingerprint, make_plan
 from unet_tf.postprocess import tune
 from unet_tf.sampling import TileCounter, draw_window, object_groups
 from unet_tf.unet import UNet
+from conftest import run_cli
 
 CPU = {"gpus": [], "cpu_cores": 2, "available_ram_gib": 16.0}
 IGNORE = 9999
@@ -217,11 +216,6 @@ def test_ignored_nuclei_are_not_learned_as_background(sample, tmp_path):
         confidence[name] = float(unet.predict(image)[..., 1:].sum(-1)[truth > 0].mean())
     assert found["ignored"] >= 0.75, found
     assert confidence["ignored"] > confidence["background"] + 0.2, confidence   # 0.79 vs 0.41 here
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "unet_tf.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow

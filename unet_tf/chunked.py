@@ -149,7 +149,7 @@ class Runner:
         tile = self.tile_size(height, width)
         out = output_size(tile, self.architecture["depth"], self.architecture["upsampling"])
         margin = (tile - out) // 2
-        _, corners = overlap_tile.tile_grid(height, width, out, self.period)
+        _, corners = overlap_tile.window_grid(height, width, out, self.period)
         region = image.read_mirrored(top - margin, left - margin,
                                      max(c[0] for c in corners) + tile,
                                      max(c[1] for c in corners) + tile)

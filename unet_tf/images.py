@@ -8,12 +8,12 @@ numbers seen in training, tiled prediction and exported models are the same.
 import numpy as np
 
 from .errors import InvalidType
-from .overlap_tile import apply_range, crop_reflect, percentiles, reflect_index
-from .overlap_tile import normalization_range as range_for
+from .overlap_tile import (apply_range, crop_reflect, normalization_range, percentiles,
+                           reflect_index)
 
 __all__ = ["NORMALIZATION", "NORMALIZATION_CHOICES", "as_yxc", "check_image",
            "dataset_normalization", "normalization_for", "normalization_range", "normalize",
-           "normalize_with", "range_for", "apply_range", "crop_reflect", "reflect_index"]
+           "normalize_with", "percentile_range", "apply_range", "crop_reflect", "reflect_index"]
 
 # Per-image percentile normalisation, the field's habit (CSBDeep/StarDist): robust to a few hot
 # pixels and independent of bit depth, so uint8, uint16 and float images all land near [0, 1].
@@ -65,7 +65,7 @@ def check_image(image, name="image"):
     return image
 
 
-def normalization_range(image, low=NORMALIZATION["low"], high=NORMALIZATION["high"]):
+def percentile_range(image, low=NORMALIZATION["low"], high=NORMALIZATION["high"]):
     """The ``(lo, hi)`` intensities that :func:`normalize` maps to 0 and 1."""
     image = np.asarray(image)
     if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
@@ -81,9 +81,9 @@ def normalize(image, low=NORMALIZATION["low"], high=NORMALIZATION["high"]):
 
     Returns float32 of the same shape. A constant image maps to zeros (no NaN).
     """
-    return apply_range(image, *normalization_range(image, low, high))
+    return apply_range(image, *percentile_range(image, low, high))
 
 
 def normalize_with(image, normalization):
     """:func:`normalize` with the parameters of a ``config.json`` ``normalization`` entry."""
-    return apply_range(image, *range_for(image, normalization))
+    return apply_range(image, *normalization_range(image, normalization))

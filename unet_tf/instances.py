@@ -22,7 +22,7 @@ picks the settings on validation images.
 import cv2
 import numpy as np
 
-TARGETS = ("foreground", "boundary")
+INSTANCE_TARGETS = ("foreground", "boundary")
 DEFAULT_SETTINGS = {"target": "foreground", "threshold": 0.5, "split": None, "min_size": 0,
                     "max_hole": 0}
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -37,7 +37,7 @@ def check_settings(settings):
                          f"{sorted(DEFAULT_SETTINGS)}")
     s = {**DEFAULT_SETTINGS, **settings}
     checks = [
-        (s["target"] in TARGETS, f"target must be one of {TARGETS}, got {s['target']!r}"),
+        (s["target"] in INSTANCE_TARGETS, f"target must be one of {INSTANCE_TARGETS}, got {s['target']!r}"),
         (0 < s["threshold"] < 1, f"threshold must be in (0, 1), got {s['threshold']!r}"),
         (s["split"] is None or s["split"] > 0, f"split must be None or h > 0 px, got {s['split']!r}"),
         (s["min_size"] >= 0, f"min_size must be >= 0 pixels, got {s['min_size']!r}"),

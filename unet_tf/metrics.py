@@ -12,7 +12,7 @@ from scipy import ndimage as ndi
 
 from .weightmaps import as_instances
 
-THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
+IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
 
 
 def _pair(truth, prediction):
@@ -92,7 +92,7 @@ def _iou_matrix(truth, prediction):
         return np.where(union > 0, table / union, 0.0), table, sizes_true, sizes_pred
 
 
-def match_instances(truth, prediction, thresholds=THRESHOLDS):
+def match_instances(truth, prediction, thresholds=IOU_THRESHOLDS):
     """Match true and predicted instances one-to-one where their IoU is above a threshold.
 
     "Above" is strict (DSB2018: a hit has IoU greater than t), so at 0.5 matches are unique.

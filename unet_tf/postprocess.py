@@ -12,7 +12,7 @@ from .instances import DEFAULT_SETTINGS, label_instances
 from .metrics import match_instances, without_ignored
 from .weightmaps import as_instances, split_ignored
 
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+PROBABILITY_CUTOFFS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SPLITS = (None, 0.5, 1, 2, 3, 5, 8)              # h of the h-maxima seeds, pixels
 MIN_SIZE_FRACTIONS = (0, 0.1, 0.25, 0.5, 0.75)   # of the 5th percentile of true object areas
 
@@ -90,7 +90,7 @@ def tune(probabilities, masks, target="foreground", ignore_label=None):
         return max(((c, score(c)) for c in candidates), key=lambda scored: scored[1])
 
     splits = SPLITS if target == "foreground" else (None,)
-    best, _ = best_of([{**base, "threshold": t, "split": h} for t in THRESHOLDS for h in splits])
+    best, _ = best_of([{**base, "threshold": t, "split": h} for t in PROBABILITY_CUTOFFS for h in splits])
     small = np.percentile(areas, 5)
     best, scores = best_of([{**best, "min_size": int(f * small)} for f in MIN_SIZE_FRACTIONS])
     predicted = sum(np.count_nonzero(without_ignored(m, label_image(p, best), i)[1])

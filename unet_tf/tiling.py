@@ -104,12 +104,12 @@ _FORWARD = weakref.WeakKeyDictionary()
 
 def tile_grid(image_shape, tile_size, depth=5, upsampling="transpose"):
     """``(stride, corners)``: the output windows of a ``YX[C]`` image (see
-    :func:`unet_tf.overlap_tile.tile_grid`); a tile too small to line up is refused by name."""
+    :func:`unet_tf.overlap_tile.window_grid`); a tile too small to line up is refused by name."""
     height, width = image_shape[:2]
     out = output_size(tile_size, depth, upsampling)
     if max(height, width) > out:
         tile_stride(tile_size, depth, upsampling)  # the error that names a tile that works
-    return overlap_tile.tile_grid(height, width, out, size_rule(depth, upsampling)[1])
+    return overlap_tile.window_grid(height, width, out, size_rule(depth, upsampling)[1])
 
 
 def predict_tiled(model, image, tile_size=None, batch_size=BATCH_SIZE, output="probabilities",
@@ -154,7 +154,7 @@ def predict_tiled(model, image, tile_size=None, batch_size=BATCH_SIZE, output="p
                channels, model.output_shape[-1])
     bar = progress if isinstance(progress, keras.utils.Progbar) else (
         keras.utils.Progbar(len(corners), unit_name="tile") if progress else None)
-    return overlap_tile.predict_tiled(
+    return overlap_tile.predict_image(
         image, forward(model, output), tile_size, output_size(tile_size, depth, upsampling),
         size_rule(depth, upsampling)[1], normalization, batch_size,
         on_batch=bar.add if bar else None)

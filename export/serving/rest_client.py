@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from overlap_tile import as_yxc_with, predict_tiled  # noqa: E402
+from overlap_tile import as_yxc_with, predict_image  # noqa: E402
 from edge_predict import labels_from, read_image, write_labels  # noqa: E402
 
 PROG = "rest_client"
@@ -77,7 +77,7 @@ class ServingModel:
         """Class probabilities ``(H, W, K)`` for a whole ``YX``/``YXC`` image."""
         meta = self.meta
         image = as_yxc_with(image, meta["channels"])
-        return predict_tiled(image, self.predict_tiles, meta["tile_size"], meta["output_size"],
+        return predict_image(image, self.predict_tiles, meta["tile_size"], meta["output_size"],
                              meta["pooling_period"], meta["normalization"], self.batch_size)
 
 

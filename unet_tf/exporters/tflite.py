@@ -71,7 +71,7 @@ def calibration_tiles(images, config, tile_size, limit=CALIBRATION_TILES):
     for i, image in enumerate(images):
         image = check_image(image, f"calibration image {i}")
         lo, hi = overlap_tile.normalization_range(image, config["normalization"])
-        for top, left in overlap_tile.tile_grid(*image.shape[:2], out, period)[1]:
+        for top, left in overlap_tile.window_grid(*image.shape[:2], out, period)[1]:
             tile = overlap_tile.crop_reflect(image, top - margin, left - margin, tile_size,
                                              tile_size)
             tiles.append(overlap_tile.apply_range(tile, lo, hi))

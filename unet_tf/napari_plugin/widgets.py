@@ -18,8 +18,9 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError,
-               PermissionError)
+from unet_tf.config import NothingLearned   # unet_tf's pure modules: napari starts without
+from unet_tf.errors import USER_ERRORS      # TensorFlow, which the first prediction loads
+
 SEGMENT_CHUNK = 1024    # pixels per side predicted between progress updates / cancel checks
 
 
@@ -52,7 +53,6 @@ def frames_of(data, rgb=False, what="image"):
 
 def _report(error):
     """Notify a failure: one line for the user's mistakes, the type too for anything else."""
-    from unet_tf.config import NothingLearned   # here: napari starts without TensorFlow
     if isinstance(error, NothingLearned):        # a complete folder, but a useless model
         show_warning(f"unet-tf: {error}")
     elif isinstance(error, USER_ERRORS):
