@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from instances import label_instances  # noqa: E402
+from imagefiles import IMAGE_SUFFIXES, read_image  # noqa: E402
+from instances import label_image  # noqa: E402
 from overlap_tile import as_yxc_with, invoke_tiles, predict_image, softmax  # noqa: E402
 
 PROG = "edge_predict"
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
 class EdgeModel:
@@ -108,32 +108,14 @@ def _read_metadata(model_path, metadata_path):
 
 # --------------------------------------------------------------------------- files
 
-def read_image(path):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-        return tifffile.imread(path)
-    import cv2
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return image
-
-
 def labels_from(probabilities, meta):
-    """Labels from probabilities ``(H, W, K)`` as ``unet_tf.postprocess.label_image`` makes
-    them; sidecars from before post-processing was stored mean connected components of the
-    foreground (2 classes) or class ids."""
+    """Labels from probabilities ``(H, W, K)`` with the sidecar's post-processing, as
+    ``unet-tf predict`` makes them (``instances.label_image``, the library's own code); sidecars
+    from before post-processing was stored mean connected components of the foreground
+    (2 classes) or class ids."""
     settings = meta.get("postprocessing") or (
         {"target": "classes"} if meta["num_classes"] > 2 else {})
-    if settings.get("target") == "classes":
-        return probabilities.argmax(-1).astype(np.uint8 if probabilities.shape[-1] <= 256
-                                               else np.uint16)
-    return label_instances(probabilities, settings)
+    return label_image(probabilities, settings)
 
 
 def write_labels(path, labels):

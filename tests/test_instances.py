@@ -7,7 +7,8 @@ import pytest
 from unet_tf.data import boundary_labels
 from unet_tf.instances import check_settings, fill_holes, label_instances
 from unet_tf.metrics import match_instances
-from unet_tf.postprocess import describe, label_image, settings_of, tune
+from unet_tf.instances import label_image
+from unet_tf.postprocess import describe, settings_of, tune
 
 DISKS = [(60, 60, 25), (60, 105, 22), (140, 70, 18), (150, 104, 17), (50, 200, 12),
          (66, 218, 12), (150, 200, 28)]

@@ -327,7 +327,7 @@ def _segment_chunk(spec, image, lohi, window, halo, partial, with_probabilities,
     """Predict and label one chunk (with ``halo`` pixels of context), write its core to the
     partial store, and record its edges; the record marks the chunk done."""
     import zarr
-    from .postprocess import label_image
+    from .instances import label_image
     model = runner(*spec)
     top, left, height, width = window
     rows, cols = image.shape[:2]
@@ -550,7 +550,8 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
 def _predict_file(spec, source, labels_path, with_probabilities, overwrite, overrides):
     """Predict and write one input file (all frames of a stack); returns its object count."""
     from .io import read_frames
-    from .postprocess import label_image, write_prediction
+    from .instances import label_image
+    from .postprocess import write_prediction
     model = runner(*spec)
     frames = read_frames(source)
     results = []

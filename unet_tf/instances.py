@@ -49,6 +49,18 @@ def check_settings(settings):
     return s
 
 
+def label_image(probabilities, settings=None):
+    """What ``predict`` writes for class probabilities ``(H, W, K)``: instance labels (uint16,
+    int32 beyond 65535 objects) for the ``foreground`` and ``boundary`` targets, class ids
+    (uint8, uint16 beyond 256 classes) for ``{"target": "classes"}``."""
+    settings = dict(DEFAULT_SETTINGS if settings is None else settings)
+    probabilities = np.asarray(probabilities)
+    if settings.get("target") == "classes":
+        return probabilities.argmax(-1).astype(np.uint8 if probabilities.shape[-1] <= 256
+                                               else np.uint16)
+    return label_instances(probabilities, settings)
+
+
 def label_instances(probabilities, settings=None):
     """Instance labels ``(H, W)`` (0 background, 1..N, uint16 or int32 beyond 65535) from
     class probabilities ``(H, W, K)``: ``K = 2`` for the ``"foreground"`` target, 3 for

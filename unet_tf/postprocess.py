@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .images import as_yxc, normalize
-from .instances import DEFAULT_SETTINGS, label_instances
+from .instances import DEFAULT_SETTINGS, label_image
 from .metrics import match_instances, without_ignored
 from .weightmaps import as_instances, split_ignored
 
@@ -26,18 +26,6 @@ def settings_of(config):
         return {k: stored[k] for k in ("target", *DEFAULT_SETTINGS) if k in stored}
     classes = config["architecture"]["num_classes"]
     return {"target": "classes"} if classes > 2 else dict(DEFAULT_SETTINGS)
-
-
-def label_image(probabilities, settings=None):
-    """What ``predict`` writes for class probabilities ``(H, W, K)``: instance labels (uint16,
-    int32 beyond 65535 objects) for the ``foreground`` and ``boundary`` targets (see
-    :mod:`unet_tf.instances`), class ids (uint8) for ``{"target": "classes"}``."""
-    settings = dict(DEFAULT_SETTINGS if settings is None else settings)
-    probabilities = np.asarray(probabilities)
-    if settings.get("target") == "classes":
-        return probabilities.argmax(-1).astype(np.uint8 if probabilities.shape[-1] <= 256
-                                               else np.uint16)
-    return label_instances(probabilities, settings)
 
 
 def describe(settings):

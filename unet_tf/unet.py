@@ -17,7 +17,8 @@ from pathlib import Path
 
 from .metrics import evaluate as evaluate_image
 from .model_folder import load_model_folder
-from .postprocess import label_image, settings_of
+from .instances import label_image
+from .postprocess import settings_of
 from .memory import BATCH_SIZE
 from .tiling import predict_tiled, tile_count, tile_for
 from .weightmaps import split_ignored

@@ -25,7 +25,8 @@ from ..images import normalize_with
 from ..io import check_writable, write_atomically, write_image
 from ..layers import InputSizeCheck, NearestUpsample2x
 from ..model_folder import load_model_folder, read_config
-from ..postprocess import label_image, overlay, settings_of
+from ..instances import label_image
+from ..postprocess import overlay, settings_of
 from ..samples import load_sample
 from ..sizes import next_valid_input_size, size_rule
 from .common import ONNX_OPSET, check_target, export_dir

@@ -111,7 +111,7 @@ def _segment(folder, frames, with_probabilities):
     probabilities (stacked for several frames)."""
     from unet_tf import chunked, overlap_tile
     from unet_tf.omezarr import open_image
-    from unet_tf.postprocess import label_image
+    from unet_tf.instances import label_image
     model = chunked.runner(str(folder))
     frames = [overlap_tile.as_yxc_with(frame, model.channels) for frame in frames]
     chunk = max(SEGMENT_CHUNK - SEGMENT_CHUNK % model.period, model.period)
