@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from unet_tf.config import PRESETS
 from unet_tf.io import write_image
 from unet_tf.planner import MIN_STEPS, fingerprint, make_plan, minimum_budget, parse_duration
 from unet_tf.tiling import inference_tile_size, predict_tiled
@@ -243,3 +244,20 @@ def test_a_dataset_range_is_applied_alike_everywhere():
     assert normalization_range(images[0], norm) == tuple(norm["range"])
     lo, hi = norm["range"]
     np.testing.assert_allclose(normalize_with(images[0], norm), (10 - lo) / (hi - lo), rtol=1e-6)
+
+
+def test_configure_run_serves_presets_and_plans_and_repeat_run_reads_a_folders_config(tmp_path,
+                                                                                    sample):
+    from unet_tf.planner import configure_run, repeat_run
+    image, instances = sample
+    config, plan = configure_run([image], [instances], {"filters": 8, "normalization": "dataset"},
+                                 preset="edge", fixed={"out": str(tmp_path / "m")})
+    assert plan is None and config.filters == 8 and config.depth == PRESETS["edge"]["depth"]
+    assert config.normalization["method"] == "dataset" and config.out == str(tmp_path / "m")
+    with pytest.raises(ValueError, match="a preset keeps its own settings"):
+        configure_run([image], [instances], preset="edge", time_budget="5m")
+    (tmp_path / "config.json").write_text('{"plan": null}')
+    with pytest.raises(ValueError, match="has no 'training' settings"):
+        repeat_run(tmp_path / "config.json")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        repeat_run(tmp_path / "missing.json")

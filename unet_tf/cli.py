@@ -179,50 +179,19 @@ def _print_plan(plan, images_dir):
 
 def _planned_run(args):
     """``(config, plan, data)`` of a train/plan command: from --config, a preset, or the plan."""
-    from .io import load_pairs
-    from .planner import make_plan
+    from .planner import configure_run, repeat_run
     given = _given_settings(args)
     if getattr(args, "config", None):
-        stored = _read_json(args.config)
-        if "training" not in stored:
-            raise ValueError(f"{args.config} has no 'training' settings: pass a model folder's "
-                             "config.json")
-        settings = {**stored["training"], **given, "out": args.out}
-        for name in ("images", "masks"):
-            settings[name] = getattr(args, name) or settings.get(name)
-        data = load_pairs(settings["images"], settings["masks"])
-        return (TrainConfig.from_dict(_with_normalization(settings, data[0])), stored.get("plan"),
-                data)
+        return repeat_run(args.config, given, out=args.out, images=args.images, masks=args.masks)
     if not (args.images and args.masks):
         raise ValueError("give --images and --masks (or --config of an earlier run)")
+    from .io import load_pairs
     data = load_pairs(args.images, args.masks)
-    fixed = dict(out=args.out, images=args.images, masks=args.masks)
-    if args.preset:
-        if args.time_budget:
-            raise ValueError("--time-budget plans the run; a --preset keeps its own settings")
-        return (TrainConfig.from_preset(args.preset, **fixed, **_with_normalization(given, data[0])),
-                None, data)
-    plan = make_plan(data[0], data[1], args.time_budget, given)
-    return plan.config(**fixed), plan, data
-
-
-def _with_normalization(settings, images):
-    """``settings`` with a --normalization name ("image"/"dataset") made the config entry
-    for ``images`` (the planner does the same for planned runs)."""
-    if not isinstance(settings.get("normalization"), str):
-        return settings
-    from .images import normalization_for
-    return {**settings, "normalization": normalization_for(settings["normalization"], images)}
-
-
-def _read_json(path):
-    import json
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if args.preset and args.time_budget:
+        raise ValueError("--time-budget plans the run; a --preset keeps its own settings")
+    config, plan = configure_run(data[0], data[1], given, args.time_budget, args.preset,
+                                 fixed=dict(out=args.out, images=args.images, masks=args.masks))
+    return config, plan, data
 
 
 def _cmd_train(args):

@@ -23,7 +23,7 @@ def run_demo(out="unet-tf-demo", time_budget=DEMO_BUDGET, overwrite=False, quiet
     # imported here, so `unet-tf --help` (which reads DEMO_BUDGET) loads none of it
     from .io import write_atomically, write_image
     from .metrics import evaluate
-    from .planner import format_duration, make_plan
+    from .planner import configure_run, format_duration
     from .postprocess import overlay
     from .samples import load_sample
     from .unet import UNet
@@ -38,9 +38,11 @@ def run_demo(out="unet-tf-demo", time_budget=DEMO_BUDGET, overwrite=False, quiet
         write_image(data / split / "masks" / "nuclei.tif", instances[:, columns], overwrite=True)
 
     train_image, train_mask = image[:, :TRAIN_COLUMNS], instances[:, :TRAIN_COLUMNS]
-    plan = make_plan([train_image], [train_mask], time_budget, at_least_minimum=True)
-    config = plan.config(out=str(out / "model"), images=str(data / "train" / "images"),
-                         masks=str(data / "train" / "masks"))
+    config, plan = configure_run([train_image], [train_mask], time_budget=time_budget,
+                                 at_least_minimum=True,
+                                 fixed=dict(out=str(out / "model"),
+                                            images=str(data / "train" / "images"),
+                                            masks=str(data / "train" / "masks")))
     print(f"the plan for {image.shape[0]}x{TRAIN_COLUMNS} pixels of the sample on this machine:")
     print(plan.table())
     print(f"training (~{format_duration(plan.estimated_seconds)}) ...", flush=True)

@@ -461,3 +461,56 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
                          f"the {format_duration(budget)} budget: ~{format_duration(plan.estimated_seconds)}")
     reasons["steps_per_epoch"] = "an epoch ends with validation and a checkpoint"
     return plan
+
+
+# --------------------------------------------------------------------------- runs
+# One resolution of a run's settings for the CLI, the napari Train widget and the demo.
+
+def configure_run(images, masks, given=None, time_budget=None, preset=None,
+                  at_least_minimum=False, fixed=None):
+    """``(config, plan)`` of a training run on ``images``/``masks``: a ``preset``'s settings
+    (``plan`` is then ``None``), else the plan for this data and machine within ``time_budget``.
+    ``given`` settings beat both; ``fixed`` ones (``out``, the ``images``/``masks`` folders) are
+    recorded as they are."""
+    given, fixed = dict(given or {}), dict(fixed or {})
+    if preset:
+        if time_budget:
+            raise ValueError("a time budget plans the run; a preset keeps its own settings")
+        return TrainConfig.from_preset(preset, **fixed, **_with_normalization(given, images)), None
+    plan = make_plan(images, masks, time_budget, given, at_least_minimum=at_least_minimum)
+    return plan.config(**fixed), plan
+
+
+def repeat_run(config_json, given=None, **fixed):
+    """``(config, plan, (images, masks, names))`` that repeat the run of a model folder's
+    ``config.json``: its training settings and data folders, with ``given`` and ``fixed``
+    (``out``; ``images``/``masks`` folders, where not ``None``) over them."""
+    from .io import load_pairs
+    stored = _read_json(config_json)
+    if not isinstance(stored, dict) or "training" not in stored:
+        raise ValueError(f"{config_json} has no 'training' settings: pass a model folder's "
+                         "config.json")
+    settings = {**stored["training"], **dict(given or {}),
+                **{name: value for name, value in fixed.items() if value is not None}}
+    data = load_pairs(settings.get("images"), settings.get("masks"))
+    return (TrainConfig.from_dict(_with_normalization(settings, data[0])), stored.get("plan"),
+            data)
+
+
+def _with_normalization(settings, images):
+    """``settings`` with a normalisation name ("image"/"dataset") made the config entry for
+    ``images``, as :func:`make_plan` does for planned runs."""
+    if not isinstance(settings.get("normalization"), str):
+        return settings
+    return {**settings, "normalization": normalization_for(settings["normalization"], images)}
+
+
+def _read_json(path):
+    import json
+    from pathlib import Path
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None

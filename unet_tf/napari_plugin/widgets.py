@@ -139,12 +139,12 @@ def _train_demo_model(folder):
     """The demo's plan and training on the whole bundled sample, cached for the next use."""
     from unet_tf import UNet
     from unet_tf.demo import DEMO_BUDGET
-    from unet_tf.planner import make_plan
+    from unet_tf.planner import configure_run
     from unet_tf.samples import load_sample
     image, labels = load_sample()
-    plan = make_plan([image], [labels], DEMO_BUDGET, at_least_minimum=True)
-    UNet.train(plan.config(out=str(folder)), [image], [labels], overwrite=True, verbose=0,
-               plan=plan)
+    config, plan = configure_run([image], [labels], time_budget=DEMO_BUDGET,
+                                 at_least_minimum=True, fixed={"out": str(folder)})
+    UNet.train(config, [image], [labels], overwrite=True, verbose=0, plan=plan)
 
 
 class SegmentWidget(Container):
@@ -250,13 +250,12 @@ def _stop_on_cancel(cancelled, state):
 def _train(frames, masks, out, budget, steps, ignore_label, cancelled, state):
     """Plan and train (in a worker); returns the model folder."""
     from unet_tf import UNet
-    from unet_tf.planner import make_plan
-    overrides = {"epochs": 1, "steps_per_epoch": steps, "val_split": 0.0} if steps else {}
+    from unet_tf.planner import configure_run
+    given = {"epochs": 1, "steps_per_epoch": steps, "val_split": 0.0} if steps else {}
     if ignore_label:
-        overrides["ignore_label"] = ignore_label
-    plan = make_plan(frames, masks, budget, overrides)
+        given["ignore_label"] = ignore_label
+    config, plan = configure_run(frames, masks, given, budget, fixed={"out": str(out)})
     state["plan"] = plan.table()
-    config = plan.config(out=str(out))
     state["total"] = config.epochs * config.steps_per_epoch
     UNet.train(config, frames, masks, overwrite=True, verbose=0, plan=plan,
                callbacks=[_stop_on_cancel(cancelled, state)])
