@@ -22,14 +22,14 @@ from ..backend import keras
 from ..errors import MissingExtra
 from ..version import __version__
 from ..images import normalize_with
-from ..io import check_writable, write_atomically, write_image
+from ..io import write_atomically, write_image
 from ..layers import InputSizeCheck, NearestUpsample2x
-from ..model_folder import load_model_folder, read_config
+from ..model_folder import load_model_folder
 from ..instances import label_image
 from ..postprocess import overlay, settings_of
 from ..samples import load_sample
 from ..sizes import next_valid_input_size, size_rule
-from .common import ONNX_OPSET, check_target, export_dir
+from .common import ONNX_OPSET, export_target
 from .onnx import export_onnx, onnx_modules
 
 BIOIMAGEIO_FILE = "bioimageio.zip"
@@ -202,14 +202,10 @@ output is what the trained Keras model gives for it. Judge the model on your own
 
 def export(model_dir, overwrite=False):
     """Write ``MODEL_DIR/export/bioimageio.zip``; returns its path."""
-    config = read_config(model_dir)
-    folder = export_dir(model_dir)
-    check_writable(folder, "export folder")
-    target = folder / BIOIMAGEIO_FILE
-    check_target(target, overwrite)
+    config, target = export_target(model_dir, BIOIMAGEIO_FILE, overwrite)
     onnx_modules()
     spec_module()
     model, _ = load_model_folder(model_dir)
-    folder.mkdir(exist_ok=True)
+    target.parent.mkdir(exist_ok=True)
     write_atomically(target, lambda tmp: export_bioimageio(model, config, tmp))
     return target

@@ -9,15 +9,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..io import apply_umask
-from ..model_folder import EXPORT_DIR
+from ..io import apply_umask, check_writable
+from ..model_folder import EXPORT_DIR, read_config
 
 ONNX_OPSET = 17          # what deepImageJ's ONNX runtime reads
 CALIBRATION_TILES = 64   # representative tiles for int8 calibration
 CHECK_TILES = 4          # tiles on which an export is compared with the Keras model
 
 __all__ = ["EXPORT_DIR", "ONNX_OPSET", "CALIBRATION_TILES", "CHECK_TILES", "export_dir",
-           "check_target", "replace_path", "temporary_folder"]
+           "check_target", "export_target", "replace_path", "temporary_folder"]
 
 
 def export_dir(model_dir):
@@ -29,6 +29,18 @@ def check_target(path, overwrite):
     """Refuse to replace an earlier export unless ``overwrite``."""
     if Path(path).exists() and not overwrite:
         raise FileExistsError(f"{path} exists (use --overwrite / overwrite=True to replace it)")
+
+
+def export_target(model_dir, name, overwrite):
+    """``(config, target)`` of an export: the folder's ``config.json`` and ``MODEL_DIR/export/
+    NAME``, refused before any work if the export folder is not writable or ``NAME`` exists
+    (unless ``overwrite``). Cheap checks first: the model loads afterwards."""
+    config = read_config(model_dir)
+    folder = export_dir(model_dir)
+    check_writable(folder, "export folder")
+    target = folder / name
+    check_target(target, overwrite)
+    return config, target
 
 
 def temporary_folder(target):

@@ -5,9 +5,9 @@ import numpy as np
 
 from ..backend import tf
 from ..errors import MissingExtra
-from ..io import check_writable, write_atomically
-from ..model_folder import load_model_folder, read_config
-from .common import ONNX_OPSET, check_target, export_dir
+from ..io import write_atomically
+from ..model_folder import load_model_folder
+from .common import ONNX_OPSET, export_target
 
 ONNX_FILE = "model.onnx"
 
@@ -47,13 +47,9 @@ def run_onnx(path, tiles):
 
 def export(model_dir, overwrite=False):
     """Write ``MODEL_DIR/export/model.onnx``; returns its path."""
-    config = read_config(model_dir)
-    folder = export_dir(model_dir)
-    check_writable(folder, "export folder")
-    target = folder / ONNX_FILE
-    check_target(target, overwrite)
+    config, target = export_target(model_dir, ONNX_FILE, overwrite)
     onnx_modules()
     model, _ = load_model_folder(model_dir)
-    folder.mkdir(exist_ok=True)
+    target.parent.mkdir(exist_ok=True)
     write_atomically(target, lambda tmp: export_onnx(model, config, tmp))
     return target

@@ -13,10 +13,9 @@ on the probabilities: ``export/serving/rest_client.py`` does it with ``export/in
 import shutil
 
 from ..backend import keras, tf
-from ..io import check_writable
-from ..model_folder import load_model_folder, read_config
+from ..model_folder import load_model_folder
 from ..sizes import size_rule
-from .common import check_target, export_dir, replace_path, temporary_folder
+from .common import export_target, replace_path, temporary_folder
 
 SAVEDMODEL_DIR = "savedmodel"
 
@@ -104,13 +103,9 @@ def export_savedmodel(model, config, path):
 
 def export(model_dir, overwrite=False):
     """Write ``MODEL_DIR/export/savedmodel/1/``; returns ``MODEL_DIR/export/savedmodel``."""
-    config = read_config(model_dir)            # cheap checks first: the model loads last
-    folder = export_dir(model_dir)
-    check_writable(folder, "export folder")
-    target = folder / SAVEDMODEL_DIR
-    check_target(target, overwrite)
+    config, target = export_target(model_dir, SAVEDMODEL_DIR, overwrite)
     model, _ = load_model_folder(model_dir)
-    folder.mkdir(exist_ok=True)
+    target.parent.mkdir(exist_ok=True)
     tmp = temporary_folder(target)
     try:
         export_savedmodel(model, config, tmp / "1")

@@ -22,13 +22,13 @@ from ..backend import keras, tf
 from .. import overlap_tile
 from ..version import __version__
 from ..images import NORMALIZATION, check_image
-from ..io import check_writable, list_images, read_frames, write_atomically
+from ..io import list_images, read_frames, write_atomically
 from ..model import build_unet
-from ..model_folder import load_model_folder, read_config
+from ..model_folder import load_model_folder
 from ..postprocess import settings_of
 from ..sizes import check_input_size, output_size, size_rule
 from ..tiling import inference_tile_size, tile_stride
-from .common import CALIBRATION_TILES, CHECK_TILES, check_target, export_dir
+from .common import CALIBRATION_TILES, CHECK_TILES, export_dir, export_target
 
 KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
 # A TFLite model has one fixed tile. Devices have little memory, so the default is the largest
@@ -183,18 +183,14 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
     Returns:
         The path of the ``.tflite`` file.
     """
-    config = read_config(model_dir)            # cheap checks first: the model loads last
-    folder = export_dir(model_dir)
-    check_writable(folder, "export folder")
+    config, target = export_target(model_dir, tflite_path(model_dir, kind).name, overwrite)
     a = config["architecture"]
     tile_choice = "given"
     if tile_size is None:
         tile_size, tile_choice = device_tile_size(config, device_memory)
     check_input_size(tile_size, a["depth"], a["upsampling"])
     tile_stride(tile_size, a["depth"], a["upsampling"])  # refuses tiles that cannot line up
-    target = tflite_path(model_dir, kind)
     sidecar = target.with_suffix(".json")
-    check_target(target, overwrite)
     calibration = calibration_images_for(config, calibration_images) if kind == "int8" else None
     model, _ = load_model_folder(model_dir)
     tiles = calibration_tiles(calibration, config, tile_size) if calibration else None
@@ -205,7 +201,7 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
     check = agreement(model, model_bytes, tiles[:CHECK_TILES])
     metadata = tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice)
 
-    folder.mkdir(exist_ok=True)
+    target.parent.mkdir(exist_ok=True)
     # Sidecar first: should the second rename never happen, the sidecar's SHA-256 no longer
     # matches the .tflite and runtimes refuse the pair instead of mis-reading it.
     write_atomically(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=2)))
