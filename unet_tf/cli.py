@@ -182,13 +182,12 @@ def _planned_run(args):
     from .planner import configure_run, repeat_run
     given = _given_settings(args)
     if getattr(args, "config", None):
-        return repeat_run(args.config, given, out=args.out, images=args.images, masks=args.masks)
+        return repeat_run(args.config, given,
+                          fixed=dict(out=args.out, images=args.images, masks=args.masks))
     if not (args.images and args.masks):
         raise ValueError("give --images and --masks (or --config of an earlier run)")
     from .io import load_pairs
     data = load_pairs(args.images, args.masks)
-    if args.preset and args.time_budget:
-        raise ValueError("--time-budget plans the run; a --preset keeps its own settings")
     config, plan = configure_run(data[0], data[1], given, args.time_budget, args.preset,
                                  fixed=dict(out=args.out, images=args.images, masks=args.masks))
     return config, plan, data

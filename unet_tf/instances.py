@@ -37,7 +37,8 @@ def check_settings(settings):
                          f"{sorted(DEFAULT_SETTINGS)}")
     s = {**DEFAULT_SETTINGS, **settings}
     checks = [
-        (s["target"] in INSTANCE_TARGETS, f"target must be one of {INSTANCE_TARGETS}, got {s['target']!r}"),
+        (s["target"] in INSTANCE_TARGETS,
+         f"target must be one of {INSTANCE_TARGETS}, got {s['target']!r}"),
         (0 < s["threshold"] < 1, f"threshold must be in (0, 1), got {s['threshold']!r}"),
         (s["split"] is None or s["split"] > 0, f"split must be None or h > 0 px, got {s['split']!r}"),
         (s["min_size"] >= 0, f"min_size must be >= 0 pixels, got {s['min_size']!r}"),

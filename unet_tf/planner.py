@@ -19,10 +19,12 @@ Rules, and the measurements behind them (2 CPU cores, held-out real nuclei):
 """
 
 import dataclasses
+import json
 import math
 import os
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -481,7 +483,7 @@ def configure_run(images, masks, given=None, time_budget=None, preset=None,
     return plan.config(**fixed), plan
 
 
-def repeat_run(config_json, given=None, **fixed):
+def repeat_run(config_json, given=None, fixed=None):
     """``(config, plan, (images, masks, names))`` that repeat the run of a model folder's
     ``config.json``: its training settings and data folders, with ``given`` and ``fixed``
     (``out``; ``images``/``masks`` folders, where not ``None``) over them."""
@@ -491,7 +493,7 @@ def repeat_run(config_json, given=None, **fixed):
         raise ValueError(f"{config_json} has no 'training' settings: pass a model folder's "
                          "config.json")
     settings = {**stored["training"], **dict(given or {}),
-                **{name: value for name, value in fixed.items() if value is not None}}
+                **{name: value for name, value in (fixed or {}).items() if value is not None}}
     data = load_pairs(settings.get("images"), settings.get("masks"))
     return (TrainConfig.from_dict(_with_normalization(settings, data[0])), stored.get("plan"),
             data)
@@ -506,8 +508,6 @@ def _with_normalization(settings, images):
 
 
 def _read_json(path):
-    import json
-    from pathlib import Path
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:

@@ -78,7 +78,8 @@ def tune(probabilities, masks, target="foreground", ignore_label=None):
         return max(((c, score(c)) for c in candidates), key=lambda scored: scored[1])
 
     splits = SPLITS if target == "foreground" else (None,)
-    best, _ = best_of([{**base, "threshold": t, "split": h} for t in PROBABILITY_CUTOFFS for h in splits])
+    best, _ = best_of([{**base, "threshold": t, "split": h}
+                       for t in PROBABILITY_CUTOFFS for h in splits])
     small = np.percentile(areas, 5)
     best, scores = best_of([{**best, "min_size": int(f * small)} for f in MIN_SIZE_FRACTIONS])
     predicted = sum(np.count_nonzero(without_ignored(m, label_image(p, best), i)[1])

@@ -189,7 +189,8 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
                                         pick(masks, tuned_on[1]), tuned_on[0], verbose)
         if report is not None:
             # convert_to_numpy: int() fails on the MirroredVariable behind a strategy's counter
-            _check_learned(report, out, tiles, int(keras.ops.convert_to_numpy(optimizer.iterations)))
+            steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
+            _check_learned(report, out, tiles, steps)
     return model
 
 
