@@ -8,6 +8,7 @@ import tifffile
 
 from unet_tf.exporters.tflite import device_tile_size
 from unet_tf.io import write_image
+from unet_tf.model_folder import read_config
 from conftest import run_cli
 
 
@@ -61,7 +62,7 @@ def test_export_int8_calibrates_on_the_training_images_and_says_how_it_agrees(wo
     assert result.stderr == ""                     # the converter's native chatter is kept off
     assert "model_int8.tflite" in result.stdout and "same label" in result.stdout
     meta = json.loads((workspace / "model" / "export" / "model_int8.json").read_text())
-    config = json.loads((workspace / "model" / "config.json").read_text())
+    config = read_config(workspace / "model")
     assert meta["kind"] == "int8" and (meta["tile_size"], meta["tile_choice"]) == \
         device_tile_size(config)        # the device's tile, not the training tile (124)
     again = run_cli("export", workspace / "model", "--format", "tflite-int8")

@@ -99,7 +99,7 @@ def test_prediction_and_export_import_no_training_code():
 
 
 @pytest.mark.parametrize("module", ["", "cli", "sizes", "config", "io", "metrics", "instances",
-                                    "images", "planner", "errors", "version"])
+                                    "images", "planner", "errors", "version", "model_folder"])
 def test_the_package_the_cli_and_the_pure_modules_import_no_tensorflow(module):
     reached = reached_from(import_graph(top_level_only=True), module) | {module}
     assert "backend" not in reached, f"unet_tf.{module} reaches unet_tf.backend (TensorFlow)"
@@ -147,7 +147,7 @@ import sys
 {imports}
 model = keras.saving.load_model(sys.argv[1] + "/model.keras")
 folder_model, config = unet_tf.load_model_folder(sys.argv[1])
-print(model.name, len(model.layers), config["tile_size"])
+print(model.name, len(model.layers), config.tile_size)
 """
 
 

@@ -8,7 +8,7 @@ from unet_tf.data import boundary_labels
 from unet_tf.instances import check_settings, fill_holes, label_instances
 from unet_tf.metrics import match_instances
 from unet_tf.instances import label_image
-from unet_tf.postprocess import describe, settings_of, tune
+from unet_tf.postprocess import describe, tune
 
 DISKS = [(60, 60, 25), (60, 105, 22), (140, 70, 18), (150, 104, 17), (50, 200, 12),
          (66, 218, 12), (150, 200, 28)]
@@ -87,15 +87,11 @@ def test_tuning_finds_the_split_and_the_smallest_size_on_noisy_probabilities():
     assert "split at h" in describe(settings)
 
 
-def test_label_image_for_classes_and_old_model_folders():
+def test_label_image_for_classes():
     probabilities = np.random.default_rng(0).dirichlet(np.ones(3), (8, 9)).astype(np.float32)
     classes = label_image(probabilities, {"target": "classes"})
     np.testing.assert_array_equal(classes, probabilities.argmax(-1))
     assert classes.dtype == np.uint8
-    old = {"architecture": {"num_classes": 2}}         # a folder from before post-processing
-    assert settings_of(old) == {"target": "foreground", "threshold": 0.5, "split": None,
-                                "min_size": 0, "max_hole": 0}
-    assert settings_of({"architecture": {"num_classes": 4}}) == {"target": "classes"}
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -52,7 +52,8 @@ def test_train_writes_a_complete_model_folder(tmp_path, sample):
     assert config["tile_size"] == 124 and config["output_size"] == 84
     assert config["architecture"]["depth"] == 3 and config["normalization"]["method"] == "percentile"
     assert config["data"]["images"] == 2 and len(config["data"]["validation"]) == 1
-    assert config["weight_map"] == {"enabled": True, "w0": 10.0, "sigma": 5.0, "class_weights": "balanced"}
+    assert config["format_version"] == 2 and "weight_map" not in config   # training holds it
+    assert config["training"]["weight_map"] and config["training"]["border_sigma"] == 5.0
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["0", "1"] and "val_loss" in rows[0]

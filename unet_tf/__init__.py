@@ -36,7 +36,7 @@ _NAMES = {
     "label_instances": "instances",
     "weighted_pixel_loss": "losses",
     "build_unet": "model",
-    "load_model_folder": "model_folder",
+    "load_model_folder": "model_folder", "ModelConfig": "model_folder", "read_config": "model_folder",
     "check_input_size": "sizes", "crop_amounts": "sizes", "input_size_for_output": "sizes",
     "next_valid_input_size": "sizes", "output_size": "sizes", "size_rule": "sizes",
     "predict_tiled": "tiling",

@@ -66,18 +66,16 @@ class Runner:
 
     def __init__(self, folder, runtime="keras", threads=None):
         from .model_folder import read_config
-        from .postprocess import settings_of
         from .sizes import size_rule
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.folder, self.runtime = Path(folder), runtime
         self.config = read_config(folder)
-        a = self.config["architecture"]
-        self.architecture = a
-        self.period = size_rule(a["depth"], a["upsampling"])[1]
-        self.normalization = self.config["normalization"]
-        self.settings = settings_of(self.config)
-        self.num_classes, self.channels = a["num_classes"], a["channels"]
+        a = self.architecture = self.config.architecture
+        self.period = size_rule(a.depth, a.upsampling)[1]
+        self.normalization = self.config.normalization
+        self.settings = self.config.postprocessing_settings
+        self.num_classes, self.channels = a.num_classes, a.channels
         self.fixed_tile, self.description = None, "Keras"
         self.threads, self._forward = threads, None
         if runtime == "litert":
@@ -131,15 +129,15 @@ class Runner:
         from .sizes import input_size_for_output, output_size
         from .tiling import inference_tile_size
         a = self.architecture
-        largest = inference_tile_size((height, width), a["depth"], a["upsampling"],
-                                      a["filters"], a["channels"], a["num_classes"], 1,
+        largest = inference_tile_size((height, width), a.depth, a.upsampling,
+                                      a.filters, a.channels, a.num_classes, 1,
                                       CHUNK_MEMORY)
-        most = output_size(largest, a["depth"], a["upsampling"])
+        most = output_size(largest, a.depth, a.upsampling)
         stride = most - most % self.period          # >= one period (inference_tile_size)
         side = max(height, width)
         count = -(-side // stride)                  # tiles per side
         per_tile = _round_up(-(-side // count), self.period)
-        return min(largest, input_size_for_output(per_tile, a["depth"], a["upsampling"]))
+        return min(largest, input_size_for_output(per_tile, a.depth, a.upsampling))
 
     def predict(self, image, value_range, window):
         """Probabilities ``(h, w, K)`` of ``window = (top, left, h, w)`` of a
@@ -147,7 +145,7 @@ class Runner:
         from .sizes import output_size
         top, left, height, width = window
         tile = self.tile_size(height, width)
-        out = output_size(tile, self.architecture["depth"], self.architecture["upsampling"])
+        out = output_size(tile, self.architecture.depth, self.architecture.upsampling)
         margin = (tile - out) // 2
         _, corners = overlap_tile.window_grid(height, width, out, self.period)
         region = image.read_mirrored(top - margin, left - margin,
@@ -214,7 +212,7 @@ def _fitted_chunk(chunk, halo, model):
     whole number of tile strides, so no tile is spent on pixels past the window."""
     from .sizes import output_size
     a = model.architecture
-    out = output_size(model.fixed_tile, a["depth"], a["upsampling"])
+    out = output_size(model.fixed_tile, a.depth, a.upsampling)
     stride = out - out % model.period
     count = max(1, round((chunk + 2 * halo) / stride))
     while count * stride - 2 * halo < model.period:
@@ -415,8 +413,7 @@ def _relabel_chunk(partial, window, table):
 def default_halo(config, period):
     """Context around each chunk for labelling: twice the largest training objects (95th
     percentile of the plan's diameters; 32 px if unknown), on the pooling grid."""
-    fingerprint = (config.get("plan") or {}).get("fingerprint") or {}
-    diameters = fingerprint.get("diameter_p5_p50_p95")
+    diameters = config.fingerprint.get("diameter_p5_p50_p95")
     largest = diameters[2] if diameters else 32.0
     return _round_up(int(np.ceil(2 * largest)), period)
 
@@ -536,7 +533,7 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
     else:
         tables = stitch(records, grid)
     _run([(_relabel_chunk, (str(partial), w, tables[(i, j)])) for i, j, w in windows], client)
-    _finish(partial, image, chunk, model.config.get("class_names"), probabilities, client)
+    _finish(partial, image, chunk, list(model.config.class_names), probabilities, client)
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)

@@ -51,7 +51,7 @@ class NothingLearned(RuntimeError):
         self.folder, self.report = folder, report
 
 
-def _valid_normalization(norm):
+def valid_normalization(norm):
     if not (isinstance(norm, dict) and norm.get("method") in ("percentile", "dataset")
             and 0 <= norm.get("low", -1) < norm.get("high", -1) <= 100):
         return False
@@ -188,7 +188,7 @@ class TrainConfig:
              f"early_stopping must be None or a patience >= 1, got {self.early_stopping!r}"),
             (len(self.class_names) == self.num_classes,
              f"class_names must name {self.num_classes} classes, got {self.class_names}"),
-            (_valid_normalization(norm),
+            (valid_normalization(norm),
              f"normalization must be {{'method': 'percentile', 'low': L, 'high': H}} with "
              f"0 <= L < H <= 100, or {{'method': 'dataset', ..., 'range': [lo, hi]}} with "
              f"lo < hi, got {norm!r}"),

@@ -31,6 +31,7 @@ import numpy as np
 from .config import MIN_STEPS, TrainConfig
 from .images import check_image, normalization_for
 from .memory import GIB, available_bytes
+from .model_folder import ModelConfig
 from .overlap_tile import percentiles
 from .sampling import expected_foreground_share, uniform_foreground_share
 from .sizes import input_size_for_output, output_size, size_rule
@@ -492,11 +493,11 @@ def repeat_run(config_json, given=None, fixed=None):
     if not isinstance(stored, dict) or "training" not in stored:
         raise ValueError(f"{config_json} has no 'training' settings: pass a model folder's "
                          "config.json")
-    settings = {**stored["training"], **dict(given or {}),
+    stored = ModelConfig.from_dict(stored, source=str(config_json))
+    settings = {**dataclasses.asdict(stored.training), **dict(given or {}),
                 **{name: value for name, value in (fixed or {}).items() if value is not None}}
     data = load_pairs(settings.get("images"), settings.get("masks"))
-    return (TrainConfig.from_dict(_with_normalization(settings, data[0])), stored.get("plan"),
-            data)
+    return TrainConfig.from_dict(_with_normalization(settings, data[0])), stored.plan, data
 
 
 def _with_normalization(settings, images):

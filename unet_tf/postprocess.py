@@ -17,17 +17,6 @@ SPLITS = (None, 0.5, 1, 2, 3, 5, 8)              # h of the h-maxima seeds, pixe
 MIN_SIZE_FRACTIONS = (0, 0.1, 0.25, 0.5, 0.75)   # of the 5th percentile of true object areas
 
 
-def settings_of(config):
-    """The post-processing of a model folder's ``config.json``. Folders from before it was
-    tuned get what they gave then: connected components of the argmax foreground, or class
-    ids for a multi-class net."""
-    stored = config.get("postprocessing")
-    if stored:
-        return {k: stored[k] for k in ("target", *DEFAULT_SETTINGS) if k in stored}
-    classes = config["architecture"]["num_classes"]
-    return {"target": "classes"} if classes > 2 else dict(DEFAULT_SETTINGS)
-
-
 def describe(settings):
     """The post-processing settings in a few words, for logs."""
     if settings.get("target") == "classes":

@@ -138,7 +138,7 @@ def predict_tiled(model, image, tile_size=None, batch_size=BATCH_SIZE, output="p
 
     Example:
         >>> model, config = load_model_folder("my-model")                  # doctest: +SKIP
-        >>> p = predict_tiled(model, image, normalization=config["normalization"])  # doctest: +SKIP
+        >>> p = predict_tiled(model, image, normalization=config.normalization)  # doctest: +SKIP
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import keras
+from .backend import keras, tf
 from .augment import Augmentation
 from .config import MIN_STEPS, NothingLearned
 from .callbacks import (BestModelCheckpoint, DivergenceGuard, PredictionImages, TrainingDiverged,
@@ -20,7 +20,8 @@ from .io import check_writable, write_atomically
 from .losses import weighted_pixel_loss
 from .memory import check_fits
 from .model import build_unet
-from .model_folder import BACKUP_DIR, HISTORY_FILE, LOGS_DIR, MODEL_FILE, update_config, write_config
+from .model_folder import (BACKUP_DIR, HISTORY_FILE, LOGS_DIR, MODEL_FILE, ModelConfig,
+                           update_config, write_config)
 from .postprocess import describe, tune
 from .sampling import TileCounter
 from .tiling import predict_tiled
@@ -154,8 +155,9 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty folder
         distribution = {"strategy": config.strategy, "tf_strategy": type(strategy).__name__,
                         "replicas": replicas, "global_batch": config.batch_size * replicas}
-        write_config(out, config, summary, distribution,
-                     plan.to_dict() if hasattr(plan, "to_dict") else plan)
+        write_config(out, ModelConfig.for_run(
+            config, summary, distribution, plan.to_dict() if hasattr(plan, "to_dict") else plan,
+            versions={"tensorflow": tf.__version__, "keras": keras.__version__}))
 
     policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:  # float16 compute; build_unet keeps the logits in float32

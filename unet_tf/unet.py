@@ -18,7 +18,6 @@ from pathlib import Path
 from .metrics import evaluate as evaluate_image
 from .model_folder import load_model_folder
 from .instances import label_image
-from .postprocess import settings_of
 from .memory import BATCH_SIZE
 from .tiling import predict_tiled, tile_count, tile_for
 from .weightmaps import split_ignored
@@ -29,7 +28,7 @@ class UNet:
 
     Args:
         model: a Keras model from :func:`unet_tf.build_unet` (logits out).
-        config: the folder's ``config.json`` as a dict.
+        config: the folder's :class:`~unet_tf.model_folder.ModelConfig`.
         folder: the model folder (needed by :meth:`export`).
     """
 
@@ -64,15 +63,15 @@ class UNet:
 
     @property
     def num_classes(self):
-        return self.config["architecture"]["num_classes"]
+        return self.config.architecture.num_classes
 
     @property
     def class_names(self):
-        return self.config.get("class_names")
+        return list(self.config.class_names)
 
     @property
     def normalization(self):
-        return self.config["normalization"]
+        return self.config.normalization
 
     def tile_size(self, image_shape, batch_size=BATCH_SIZE):
         """The tile :meth:`predict` uses for an image of ``image_shape`` when none is given:
@@ -81,9 +80,9 @@ class UNet:
 
     def tile_count(self, image_shape, tile_size=None, batch_size=BATCH_SIZE):
         """How many tiles :meth:`predict` runs for an image of ``image_shape``."""
-        a = self.config["architecture"]
+        a = self.config.architecture
         tile_size = tile_size or self.tile_size(image_shape, batch_size)
-        return tile_count(image_shape, tile_size, a["depth"], a["upsampling"])
+        return tile_count(image_shape, tile_size, a.depth, a.upsampling)
 
     # ----------------------------------------------------------------------- inference
 
@@ -110,7 +109,7 @@ class UNet:
     def postprocessing(self):
         """The folder's post-processing settings (see :mod:`unet_tf.instances`), tuned on the
         validation images when the model was trained."""
-        return settings_of(self.config)
+        return self.config.postprocessing_settings
 
     def postprocess(self, probabilities, **overrides):
         """Labels from :meth:`predict`'s probabilities ``(H, W, K)``: instance labels (``YX``)
@@ -158,6 +157,6 @@ class UNet:
         return export_model(self.folder, format, **options)
 
     def __repr__(self):
-        a = self.config.get("architecture", {})
-        return (f"UNet(folder={str(self.folder)!r}, depth={a.get('depth')}, "
-                f"filters={a.get('filters')}, classes={a.get('num_classes')})")
+        a = self.config.architecture
+        return (f"UNet(folder={str(self.folder)!r}, depth={a.depth}, filters={a.filters}, "
+                f"classes={a.num_classes})")

@@ -26,7 +26,7 @@ from ..io import write_atomically, write_image
 from ..layers import InputSizeCheck, NearestUpsample2x
 from ..model_folder import load_model_folder
 from ..instances import label_image
-from ..postprocess import overlay, settings_of
+from ..postprocess import overlay
 from ..samples import load_sample
 from ..sizes import next_valid_input_size, size_rule
 from .common import ONNX_OPSET, export_target
@@ -68,17 +68,17 @@ def plain_keras_copy(model):
 
 def _test_tensors(model, config):
     """A raw crop of the bundled sample at a valid size, and the model's probabilities for it."""
-    a = config["architecture"]
-    size = next_valid_input_size(256, a["depth"], a["upsampling"])
+    a = config.architecture
+    size = next_valid_input_size(256, a.depth, a.upsampling)
     image = load_sample()[0]
     raw = np.resize(image, (size, size)) if size > min(image.shape) else image[:size, :size]
-    raw = np.repeat(raw[None, :, :, None].astype(np.float32), a["channels"], axis=-1)
-    x = normalize_with(raw[0], config["normalization"])[None]
+    raw = np.repeat(raw[None, :, :, None].astype(np.float32), a.channels, axis=-1)
+    x = normalize_with(raw[0], config.normalization)[None]
     return raw, keras.activations.softmax(model(x, training=False)).numpy()
 
 
 def _cover(raw, probabilities, path, config):
-    labels = label_image(probabilities[0], settings_of(config))
+    labels = label_image(probabilities[0], config.postprocessing_settings)
     margin = (raw.shape[1] - labels.shape[0]) // 2  # the output covers the input's centre
     centre = raw[0, margin:margin + labels.shape[0], margin:margin + labels.shape[1], 0]
     write_image(path, overlay(centre, labels), overwrite=True)
@@ -105,10 +105,10 @@ def _preprocessing(norm):
 def export_bioimageio(model, config, path, onnx=True):
     """Write a bioimage.io model package (zip) to ``path``."""
     spec = spec_module()
-    a = config["architecture"]
-    smallest, step, shrink = size_rule(a["depth"], a["upsampling"])
-    classes = config.get("class_names") or [f"class {i}" for i in range(a["num_classes"])]
-    norm = config["normalization"]
+    a = config.architecture
+    smallest, step, shrink = size_rule(a.depth, a.upsampling)
+    classes = list(config.class_names)
+    norm = config.normalization
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         raw, probabilities = _test_tensors(model, config)
@@ -127,10 +127,10 @@ def export_bioimageio(model, config, path, onnx=True):
                                      "training data's own license for the data.\n")
         rdf = {
             "type": "model", "format_version": "0.5.4",
-            "name": f"unet-tf U-Net {Path(config.get('training', {}).get('out', 'model')).name}",
+            "name": f"unet-tf U-Net {Path(config.training.out).name}",
             "description": (f"U-Net (depth {a['depth']}, {a['filters']} filters, "
                             f"{a['upsampling']}) for {a['num_classes']}-class segmentation, "
-                            f"trained with unet-tf {config.get('unet_tf_version', __version__)}"),
+                            f"trained with unet-tf {config.versions.get('unet_tf') or __version__}"),
             "authors": [{"name": "unet-tf"}],
             "cite": [UNET_PAPER],
             "license": "MIT",
@@ -144,7 +144,7 @@ def export_bioimageio(model, config, path, onnx=True):
                 "axes": [{"type": "batch"},
                          {"type": "space", "id": "y", "size": {"min": smallest, "step": step}},
                          {"type": "space", "id": "x", "size": {"min": smallest, "step": step}},
-                         {"type": "channel", "channel_names": [f"c{i}" for i in range(a["channels"])]}],
+                         {"type": "channel", "channel_names": [f"c{i}" for i in range(a.channels)]}],
                 "test_tensor": {"source": "test_input.npy"},
                 "data": {"type": "float32"},
                 "preprocessing": [_preprocessing(norm)],
@@ -177,20 +177,20 @@ def _tf_version():
 
 
 def _documentation(config, smallest, step, shrink):
-    a = config["architecture"]
+    a = config.architecture
     return f"""# U-Net exported by unet-tf
 
 U-Net (Ronneberger et al. 2015) with valid 3x3 convolutions: depth {a['depth']},
 {a['filters']} filters, `{a['upsampling']}` up-sampling, {a['num_classes']} classes
-({', '.join(config.get('class_names') or [])}).
+({', '.join(config.class_names)}).
 
-* Input: any size `{smallest} + k*{step}` per spatial axis; {_normalization_text(config['normalization'])}
+* Input: any size `{smallest} + k*{step}` per spatial axis; {_normalization_text(config.normalization)}
   (as in training).
 * Output: class probabilities, {shrink} px smaller than the input ({shrink // 2} px per side,
   consumed by the valid convolutions). For seamless tiling, use tiles whose output size is a
   multiple of {step} and mirror-pad the image by {shrink // 2} px.
-* Trained with unet-tf {config.get('unet_tf_version', __version__)} on
-  {config.get('data', {}).get('images', '?')} image(s).
+* Trained with unet-tf {config.versions.get('unet_tf') or __version__} on
+  {config.data.get('images', '?')} image(s).
 
 # Validation
 

@@ -32,9 +32,10 @@ def check_target(path, overwrite):
 
 
 def export_target(model_dir, name, overwrite):
-    """``(config, target)`` of an export: the folder's ``config.json`` and ``MODEL_DIR/export/
-    NAME``, refused before any work if the export folder is not writable or ``NAME`` exists
-    (unless ``overwrite``). Cheap checks first: the model loads afterwards."""
+    """``(config, target)`` of an export: the folder's
+    :class:`~unet_tf.model_folder.ModelConfig` and ``MODEL_DIR/export/NAME``, refused before
+    any work if the export folder is not writable or ``NAME`` exists (unless ``overwrite``).
+    Cheap checks first: the model loads afterwards."""
     config = read_config(model_dir)
     folder = export_dir(model_dir)
     check_writable(folder, "export folder")

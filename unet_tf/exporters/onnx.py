@@ -26,7 +26,7 @@ def export_onnx(model, config, path):
     """Write an ONNX model (opset 17): ``image`` float32 ``(N, H, W, C)`` normalised, any valid
     size -> ``probabilities`` float32 ``(N, H-shrink, W-shrink, K)`` (softmax in the graph)."""
     tf2onnx = onnx_modules()
-    spec = [tf.TensorSpec([None, None, None, config["architecture"]["channels"]], tf.float32,
+    spec = [tf.TensorSpec([None, None, None, config.architecture.channels], tf.float32,
                           name="image")]
 
     @tf.function(input_signature=spec)

@@ -46,9 +46,9 @@ def _segment_function(model, config):
     this equals the tiled result. Memory grows with the image: for very large images tile on
     the client (``export/serving/rest_client.py`` does).
     """
-    architecture, norm = config["architecture"], config["normalization"]
-    smallest, step, shrink = size_rule(architecture["depth"], architecture["upsampling"])
-    channels = architecture["channels"]
+    architecture, norm = config.architecture, config.normalization
+    smallest, step, shrink = size_rule(architecture.depth, architecture.upsampling)
+    channels = architecture.channels
 
     def padded_size(n):
         return smallest + tf.maximum(0, (n + shrink - smallest + step - 1) // step) * step
@@ -85,7 +85,7 @@ def export_savedmodel(model, config, path):
     ``segment``: ``image`` float32 ``(B, H, W, C)`` raw images of any size -> the same outputs
     at ``(H, W)``, normalised and mirror-padded inside the graph.
     """
-    channels = config["architecture"]["channels"]
+    channels = config.architecture.channels
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32,
                                                 name="image")])

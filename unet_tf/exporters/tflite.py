@@ -21,11 +21,10 @@ import numpy as np
 from ..backend import keras, tf
 from .. import overlap_tile
 from ..version import __version__
-from ..images import NORMALIZATION, check_image
+from ..images import check_image
 from ..io import list_images, read_frames, write_atomically
 from ..model import build_unet
 from ..model_folder import load_model_folder
-from ..postprocess import settings_of
 from ..sizes import check_input_size, output_size, size_rule
 from ..tiling import inference_tile_size, tile_stride
 from .common import CALIBRATION_TILES, CHECK_TILES, export_dir, export_target
@@ -39,9 +38,9 @@ DEVICE_FRAME = (1024, 1024)
 
 def device_tile_size(config, memory=DEVICE_MEMORY):
     """``(tile, why)``: the default TFLite tile of a model folder, and the reason (sidecar)."""
-    a = config["architecture"]
-    tile = inference_tile_size(DEVICE_FRAME, a["depth"], a["upsampling"], a["filters"],
-                               a["channels"], a["num_classes"], 1, memory)
+    a = config.architecture
+    tile = inference_tile_size(DEVICE_FRAME, a.depth, a.upsampling, a.filters,
+                               a.channels, a.num_classes, 1, memory)
     return tile, (f"largest tile whose activations fit {memory // 2 ** 20} MiB and no "
                   f"larger than a {DEVICE_FRAME[0]}x{DEVICE_FRAME[1]} frame needs")
 
@@ -53,9 +52,9 @@ def tflite_path(model_dir, kind):
 
 def fixed_size_model(model, config, tile_size):
     """The same weights in a net with a static ``(1, T, T, C)`` input: no shape ops, no Assert."""
-    a = config["architecture"]
-    fixed = build_unet((tile_size, tile_size, a["channels"]), a["num_classes"], a["depth"],
-                       a["filters"], a["dropout"], a["upsampling"], name=model.name)
+    a = config.architecture
+    fixed = build_unet((tile_size, tile_size, a.channels), a.num_classes, a.depth,
+                       a.filters, a.dropout, a.upsampling, name=model.name)
     fixed.set_weights(model.get_weights())
     return fixed
 
@@ -63,14 +62,14 @@ def fixed_size_model(model, config, tile_size):
 def calibration_tiles(images, config, tile_size, limit=CALIBRATION_TILES):
     """Up to ``limit`` normalised ``(1, T, T, C)`` tiles of ``images`` (``YX``/``YXC``), cut
     on the prediction grid: int8 calibration sees what the net will see."""
-    a = config["architecture"]
-    out = output_size(tile_size, a["depth"], a["upsampling"])
-    period = size_rule(a["depth"], a["upsampling"])[1]
+    a = config.architecture
+    out = output_size(tile_size, a.depth, a.upsampling)
+    period = size_rule(a.depth, a.upsampling)[1]
     margin = (tile_size - out) // 2
     tiles = []
     for i, image in enumerate(images):
         image = check_image(image, f"calibration image {i}")
-        lo, hi = overlap_tile.normalization_range(image, config["normalization"])
+        lo, hi = overlap_tile.normalization_range(image, config.normalization)
         for top, left in overlap_tile.window_grid(*image.shape[:2], out, period)[1]:
             tile = overlap_tile.crop_reflect(image, top - margin, left - margin, tile_size,
                                              tile_size)
@@ -123,18 +122,18 @@ def tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice="gi
     """The JSON sidecar of a ``.tflite`` export: all a runtime needs, nothing TF-specific."""
     from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_content=model_bytes)
-    a = config["architecture"]
+    a = config.architecture
     return {
         "format": "unet-tf tflite", "format_version": 1, "unet_tf_version": __version__,
         "kind": kind, "tflite_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "tile_size": tile_size, "tile_choice": tile_choice,
-        "output_size": output_size(tile_size, a["depth"], a["upsampling"]),
-        "pooling_period": size_rule(a["depth"], a["upsampling"])[1],
-        "depth": a["depth"], "upsampling": a["upsampling"], "channels": a["channels"],
-        "num_classes": a["num_classes"], "class_names": config.get("class_names"),
-        "normalization": config.get("normalization", NORMALIZATION),
+        "output_size": output_size(tile_size, a.depth, a.upsampling),
+        "pooling_period": size_rule(a.depth, a.upsampling)[1],
+        "depth": a.depth, "upsampling": a.upsampling, "channels": a.channels,
+        "num_classes": a.num_classes, "class_names": list(config.class_names),
+        "normalization": config.normalization,
         "output": "logits",  # softmax/argmax run on the host (cheap, and not int8-friendly)
-        "postprocessing": settings_of(config),  # export/instances.py applies it
+        "postprocessing": config.postprocessing_settings,  # export/instances.py applies it
         "input_tensor": _quantization(interpreter.get_input_details()[0]),
         "output_tensor": _quantization(interpreter.get_output_details()[0]),
         "check": check,
@@ -155,7 +154,7 @@ def calibration_images_for(config, calibration_images):
     """Images for int8 calibration: those given (a folder or a list of arrays), or the
     training images folder recorded in ``config.json``."""
     if calibration_images is None:
-        folder = config.get("training", {}).get("images")
+        folder = config.training.images
         if not folder or not Path(folder).is_dir():
             raise ValueError("int8 export needs calibration images like the training data: pass "
                              "--calibration-images DIR / calibration_images=... (the training "
@@ -184,12 +183,12 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
         The path of the ``.tflite`` file.
     """
     config, target = export_target(model_dir, tflite_path(model_dir, kind).name, overwrite)
-    a = config["architecture"]
+    a = config.architecture
     tile_choice = "given"
     if tile_size is None:
         tile_size, tile_choice = device_tile_size(config, device_memory)
-    check_input_size(tile_size, a["depth"], a["upsampling"])
-    tile_stride(tile_size, a["depth"], a["upsampling"])  # refuses tiles that cannot line up
+    check_input_size(tile_size, a.depth, a.upsampling)
+    tile_stride(tile_size, a.depth, a.upsampling)  # refuses tiles that cannot line up
     sidecar = target.with_suffix(".json")
     calibration = calibration_images_for(config, calibration_images) if kind == "int8" else None
     model, _ = load_model_folder(model_dir)
@@ -197,7 +196,7 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
     model_bytes = convert(fixed_size_model(model, config, tile_size), kind, tiles)
     if tiles is None:
         rng = np.random.default_rng(0)  # float exports: any input shows agreement
-        tiles = rng.random((CHECK_TILES, 1, tile_size, tile_size, a["channels"]), np.float32)
+        tiles = rng.random((CHECK_TILES, 1, tile_size, tile_size, a.channels), np.float32)
     check = agreement(model, model_bytes, tiles[:CHECK_TILES])
     metadata = tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice)
 

@@ -187,9 +187,9 @@ class SegmentWidget(Container):
         except USER_ERRORS as error:
             self.info.value = f"not a model folder: {error}"[:120]
             return
-        a = config["architecture"]
-        self.info.value = (f"depth {a['depth']}, {a['filters']} filters, {a['num_classes']} "
-                           "classes; runtime Keras, tiles sized per 1024 px chunk")
+        a = config.architecture
+        self.info.value = (f"depth {a.depth}, {a.filters} filters, {a.num_classes} classes; "
+                           "runtime Keras, tiles sized per 1024 px chunk")
 
     def segment(self, _=None):
         """Start segmenting the chosen layer; a Labels layer appears when done."""
