@@ -67,7 +67,7 @@ def train_model(folder):
 
 def run_mode(mode, model, image, out):
     """Inside the child process: one mode, timed; prints a JSON line."""
-    from unet_tf import chunked
+    from unet_tf import chunked, cluster
     start = time.perf_counter()
     if mode == "memory":
         from unet_tf import UNet
@@ -79,7 +79,7 @@ def run_mode(mode, model, image, out):
         objects = int(labels.max())
     else:
         workers = {"core1": 1, "workers1": 1, "workers2": 2}.get(mode)
-        with chunked.dask_client(workers, threads=1 if mode == "core1" else None) as (client,
+        with cluster.dask_client(workers, threads=1 if mode == "core1" else None) as (client,
                                                                                      threads):
             summary = chunked.segment_to_zarr(model, image, out, client=client, threads=threads,
                                               runtime="litert" if mode == "litert" else "keras")

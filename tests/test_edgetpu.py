@@ -113,7 +113,7 @@ def test_edge_preset_trains_and_its_int8_model_keeps_its_accuracy(edge_folder, s
     image, instances = sample
     test, truth = image[:, 384:], instances[:, 384:]
     model, config = load_model_folder(edge_folder)
-    assert config["architecture"]["upsampling"] == "resize_conv" and config["tile_size"] == 252
+    assert config.architecture.upsampling == "resize_conv" and config.tile_size == 252
     float_iou = foreground_iou(truth, predict_tiled(model, test, output="labels"))
     result = export_edgetpu(edge_folder)
     assert result.report.ok, result.report.table()

@@ -197,7 +197,7 @@ def test_unet_object_predicts_like_predict_tiled_with_the_folders_settings(train
     unet = UNet.from_folder(trained_folder)
     model, config = load_model_folder(trained_folder)
     image = sample[0][:150, 384:]
-    expected = predict_tiled(model, image, normalization=config["normalization"])
+    expected = predict_tiled(model, image, normalization=config.normalization)
     np.testing.assert_allclose(unet.predict(image), expected, atol=1e-6)
     labels = unet.segment(image)
     assert labels.shape == image.shape and labels.max() >= 5   # nuclei, as instances

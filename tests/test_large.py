@@ -11,7 +11,7 @@ zarr = pytest.importorskip("zarr", reason=LARGE)
 pytest.importorskip("ome_zarr", reason=LARGE)
 pytest.importorskip("distributed", reason=LARGE)
 
-from unet_tf import chunked
+from unet_tf import chunked, stitching
 from unet_tf.io import write_image
 from unet_tf.metrics import match_instances
 from unet_tf.omezarr import LazyImage, save_image
@@ -162,8 +162,8 @@ def test_stitching_joins_cut_objects_and_keeps_touching_ones_apart():
         core = ((top - t0, top - t0 + h), (left - l0, left - l0 + w))
         inside = renumbered[slice(*core[0]), slice(*core[1])]
         records[(i, j)] = {"present": np.unique(inside), "top": renumbered.max(),
-                           "core": inside, **chunked.edge_lines(renumbered, core)}
-    tables = chunked.stitch(records, (2, 2))
+                           "core": inside, **stitching.edge_lines(renumbered, core)}
+    tables = stitching.stitch(records, (2, 2))
     stitched = np.block([[tables[(i, j)][records[(i, j)]["core"]] for j in range(2)]
                          for i in range(2)])
     assert stitched.max() == 5
@@ -193,17 +193,21 @@ def test_cli_spreads_a_folder_over_an_existing_cluster(folder, cluster, sample, 
 def test_litert_runtime_agrees_with_keras(folder, sample):
     from unet_tf.exporters import export_model
     with pytest.raises(FileNotFoundError, match="tflite"):
-        chunked.Runner(folder, "litert")
+        UNet.from_folder(folder, "litert")
     export_model(folder, "tflite", tile_size=188)
     image = mosaic(sample, (700, 900))
     keras_result = chunked.predict_lazy(folder, image, chunk=512).compute(scheduler="sync")
-    litert = chunked.runner(str(folder), "litert")
+    litert = UNet.from_folder(folder, "litert")
     assert litert.description.startswith("LiteRT model_float32.tflite (tile 188")
     litert_result = chunked.predict_lazy(folder, image, chunk=512,
                                          runtime="litert").compute(scheduler="sync")
     a, b = keras_result.argmax(-1) > 0, litert_result.argmax(-1) > 0
     assert (a & b).sum() / (a | b).sum() > 0.999
     np.testing.assert_allclose(litert_result, keras_result, atol=1e-3)
+    # the one predictor: UNet with the LiteRT runtime on the whole image, as the chunks gave
+    np.testing.assert_allclose(litert.predict(image), litert_result, atol=1e-5)
+    with pytest.raises(ValueError, match="188x188 tiles only"):
+        litert.predict(image, tile_size=252)
 
 
 def test_large_input_errors_are_clear(folder, tmp_path):

@@ -10,7 +10,8 @@ import tifffile
 from unet_tf.config import PRESETS
 from unet_tf.io import write_image
 from unet_tf.planner import MIN_STEPS, fingerprint, make_plan, minimum_budget, parse_duration
-from unet_tf.tiling import inference_tile_size, predict_tiled
+from unet_tf.memory import inference_tile_size, tile_bytes
+from unet_tf.tiling import predict_tiled, tile_count
 from unet_tf.training import train
 from conftest import run_cli
 
@@ -196,9 +197,17 @@ def test_inference_tile_fits_memory_and_the_image():
     small_budget = inference_tile_size((4096, 4096), 4, "transpose", 16, 1, 2, batch_size=4,
                                        budget=64 * 2 ** 20)
     assert small_budget < big
-    from unet_tf.memory import tile_bytes
     assert 4 * tile_bytes(small_budget, 4, 16) <= 64 * 2 ** 20
-    assert 4 * tile_bytes(small_budget + 8, 4, 16) > 64 * 2 ** 20   # the largest that fits
+    count = tile_count((4096, 4096), small_budget, 4)
+    assert tile_count((4096, 4096), small_budget - 8, 4) > count     # none smaller covers it
+    assert (4 * tile_bytes(small_budget + 8, 4, 16) > 64 * 2 ** 20     # as few tiles as fit
+            or tile_count((4096, 4096), small_budget + 8, 4) == count)
+    # an even cover: 1152 px gets 2 x 2 tiles of 576 px output, not 3 x 3 of ~420
+    even = inference_tile_size((1152, 1152), 4, "transpose", 16, 1, 2, budget=2 ** 40)
+    assert tile_count((1152, 1152), even, 4) == 1
+    capped = inference_tile_size((1152, 1152), 4, "transpose", 16, 1, 2,
+                                 budget=tile_bytes(700, 4, 16))
+    assert tile_count((1152, 1152), capped, 4) == 4 and capped == 668   # 576 + 92 output
     assert inference_tile_size((100, 120), 4, "transpose", 16, 1, 2) == 212   # 124 output
 
 
@@ -206,9 +215,9 @@ def test_default_prediction_equals_a_given_tile(trained_folder, sample):
     from unet_tf.model_folder import load_model_folder
     model, config = load_model_folder(trained_folder)
     image = sample[0][:300, 200:]
-    chosen = predict_tiled(model, image, normalization=config["normalization"])
-    training_tile = predict_tiled(model, image, tile_size=config["tile_size"],
-                                  normalization=config["normalization"])
+    chosen = predict_tiled(model, image, normalization=config.normalization)
+    training_tile = predict_tiled(model, image, tile_size=config.tile_size,
+                                  normalization=config.normalization)
     np.testing.assert_allclose(chosen, training_tile, atol=1e-4)
 
 

@@ -36,4 +36,14 @@ tf = _import_quietly()
 
 import keras  # noqa: E402  (after TensorFlow, which it loads as its backend)
 
-__all__ = ["keras", "tf"]
+__all__ = ["keras", "limit_threads", "tf"]
+
+
+def limit_threads(threads):
+    """Give TensorFlow ``threads`` cores; possible only before its runtime starts (any device
+    query starts it), so a worker calls this first."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already running in this process: keep its pool
+        pass

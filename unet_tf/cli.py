@@ -12,13 +12,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .chunked import CHUNK, RUNTIMES
+from .chunked import CHUNK
 from .config import LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, NothingLearned, TrainConfig
 from .demo import DEMO_BUDGET
 from .errors import USER_ERRORS
 from .exporters import FORMATS as EXPORT_FORMATS
 from .images import NORMALIZATION_CHOICES
 from .memory import BATCH_SIZE
+from .model_folder import RUNTIMES
 from .native import stderr_captured
 from .sizes import UPSAMPLING_MODES
 
@@ -414,7 +415,8 @@ def _counter(quiet, unit):
 
 
 def _predict_large(source, args):
-    from .chunked import dask_client, segment_to_zarr
+    from .chunked import segment_to_zarr
+    from .cluster import dask_client
     if not str(args.out).endswith(".zarr"):
         raise ValueError(f"an OME-Zarr input is written as OME-Zarr: give --out NAME.ome.zarr, "
                          f"got {args.out}")
@@ -430,7 +432,8 @@ def _predict_large(source, args):
 
 
 def _predict_spread(planned, args):
-    from .chunked import dask_client, predict_files
+    from .chunked import predict_files
+    from .cluster import dask_client
     with dask_client(args.workers, args.scheduler) as (client, threads):
         results = predict_files(args.model, planned, args.probabilities, args.runtime, client,
                                 threads, args.overwrite, _postprocessing(args),

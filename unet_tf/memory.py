@@ -13,7 +13,8 @@ import numpy as np
 
 TRAINING_FACTOR = 3.0   # activations + their gradients + temporaries
 GIB = 2 ** 30
-INFERENCE_MEMORY = 2 * GIB
+INFERENCE_MEMORY = 2 * GIB        # most a batch of prediction tiles takes on this machine
+DEVICE_MEMORY = 256 * 2 ** 20     # what a TFLite export's tile may take on an edge device
 BATCH_SIZE = 4   # tiles per forward pass: on 2-8 CPU cores larger batches gain < 10 %
 
 
@@ -60,11 +61,43 @@ def available_bytes():
     return None
 
 
-def inference_budget():
-    """Bytes a batch of prediction tiles may take: a quarter of the available memory, at most
-    ``INFERENCE_MEMORY`` (beyond it larger tiles save little: the overlap is already small)."""
+def inference_budget(share=1.0):
+    """Bytes a batch of prediction tiles may take in a process that gets ``share`` of this
+    machine (a Dask worker with a third of the cores: 1/3): a quarter of the available memory,
+    at most ``INFERENCE_MEMORY`` (beyond it larger tiles save little: the overlap is already
+    small), times ``share``."""
     available = available_bytes()
-    return min(INFERENCE_MEMORY, available // 4) if available else INFERENCE_MEMORY // 2
+    whole = min(INFERENCE_MEMORY, available // 4) if available else INFERENCE_MEMORY // 2
+    return int(whole * min(1.0, share))
+
+
+def inference_tile_size(image_shape, depth=5, upsampling="transpose", filters=64, channels=1,
+                        num_classes=2, batch_size=1, budget=None):
+    """The one tile policy of prediction, when no tile is given: as few tiles as fit
+    ``budget`` bytes a batch (default :func:`inference_budget`), each just large enough to
+    cover the image evenly (a 1152 px side gets 2 tiles of 576 px output, not 3 of 420) and no
+    larger than the image needs. Any valid tile gives the same result; larger ones waste less
+    on overlap. The training tile plays no part."""
+    from .sizes import input_size_for_output, output_size, size_rule
+    budget = budget or inference_budget()
+    side = max(image_shape[:2])
+    needed = input_size_for_output(side, depth, upsampling)
+    smallest, step, _ = size_rule(depth, upsampling)
+    period = step                                 # the pooling period is the size step
+    lined_up = input_size_for_output(period, depth, upsampling)  # output >= one pooling period
+    fits = lambda tile: batch_size * tile_bytes(tile, depth, filters, upsampling, channels,
+                                                num_classes) <= budget
+    low, high = 0, (needed - smallest) // step    # tiles smallest + k*step, k in [low, high]
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(smallest + middle * step) else (low, middle - 1)
+    largest = max(smallest + low * step, min(lined_up, needed))
+    out = output_size(largest, depth, upsampling)
+    stride = max(period, out - out % period)
+    count = -(-side // stride)                    # tiles per side
+    per_tile = -(-side // count)
+    per_tile = -(-per_tile // period) * period    # on the pooling grid
+    return min(largest, input_size_for_output(per_tile, depth, upsampling))
 
 
 def check_fits(tile_size, batch_size, training, depth=5, filters=64, upsampling="transpose",

@@ -38,6 +38,9 @@ from .version import __version__
 MODEL_FILE, CONFIG_FILE, HISTORY_FILE, BACKUP_DIR, LOGS_DIR, EXPORT_DIR = (
     "model.keras", "config.json", "history.csv", "backup", "logs", "export")
 FORMAT = "unet-tf model folder"
+# What can run a folder: its Keras model, or its TFLite export (LiteRT), preferred in this order.
+RUNTIMES = ("keras", "litert")
+LITERT_KINDS = ("int8", "fp16", "float32")
 FORMAT_VERSION = 2
 
 

@@ -16,7 +16,7 @@ from .backend import keras, tf
 from . import overlap_tile
 from .images import NORMALIZATION, check_image
 from .layers import InputSizeCheck
-from .memory import BATCH_SIZE, check_fits, inference_budget, tile_bytes
+from .memory import BATCH_SIZE, check_fits, inference_tile_size
 from .sizes import input_size_for_output, output_size, size_rule
 
 OUTPUTS = ("probabilities", "logits", "labels")
@@ -37,28 +37,10 @@ def _filters(model):
     return model.get_layer("down0_conv1").filters
 
 
-def inference_tile_size(image_shape, depth=5, upsampling="transpose", filters=64, channels=1,
-                        num_classes=2, batch_size=1, budget=None):
-    """The tile prediction uses when none is given: the largest valid tile whose batch of
-    activations fits ``budget`` bytes (default :func:`unet_tf.memory.inference_budget`), no
-    larger than the image needs. Any valid tile gives the same result; larger ones waste less
-    on overlap. The training tile plays no part."""
-    budget = budget or inference_budget()
-    needed = input_size_for_output(max(image_shape[:2]), depth, upsampling)
-    smallest, step, _ = size_rule(depth, upsampling)
-    lined_up = input_size_for_output(step, depth, upsampling)  # output >= one pooling period
-    fits = lambda tile: batch_size * tile_bytes(tile, depth, filters, upsampling, channels,
-                                                num_classes) <= budget
-    low, high = 0, (needed - smallest) // step    # tiles smallest + k*step, k in [low, high]
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if fits(smallest + middle * step) else (low, middle - 1)
-    return max(smallest + low * step, min(lined_up, needed))
-
-
 def tile_for(model, image_shape, batch_size=1, tile_size=None):
     """The tile :func:`predict_tiled` uses for ``model`` and an image of ``image_shape``:
-    ``tile_size`` if given, the model's fixed size, else :func:`inference_tile_size`."""
+    ``tile_size`` if given, the model's fixed size, else
+    :func:`unet_tf.memory.inference_tile_size` (the one policy, :class:`unet_tf.UNet`'s too)."""
     depth, upsampling, channels, static = model_geometry(model)
     if tile_size is not None:
         if static is not None and tile_size != static:
@@ -121,7 +103,7 @@ def predict_tiled(model, image, tile_size=None, batch_size=BATCH_SIZE, output="p
         image: uint8/uint16/float ``YX`` or ``YXC``; normalised like in training, over the whole
             image (``normalization`` from the model folder's config; ``None`` if already done).
         tile_size: input tile (valid size). Default: the model's fixed size, else the largest
-            tile that fits the memory budget (see :func:`inference_tile_size`).
+            tile that fits the memory budget (see :func:`unet_tf.memory.inference_tile_size`).
         batch_size: tiles per forward pass (does not change the result).
         output: ``"probabilities"`` (softmax, ``(H, W, K)`` float32), ``"logits"`` or
             ``"labels"`` (argmax, ``(H, W)`` int32).

@@ -13,42 +13,82 @@ The plain functions (:func:`unet_tf.predict_tiled`, :mod:`unet_tf.metrics`,
 :func:`unet_tf.exporters.export_model`) stay the layer underneath; the CLI is a thin layer on top.
 """
 
+import functools
+import json
+import os
 from pathlib import Path
 
+import numpy as np
+
+from . import overlap_tile
+from .backend import keras, limit_threads
+from .images import check_image
+from .memory import BATCH_SIZE, inference_budget, inference_tile_size
 from .metrics import evaluate as evaluate_image
-from .model_folder import load_model_folder
+from .model_folder import EXPORT_DIR, LITERT_KINDS, RUNTIMES, load_model_folder, read_config
 from .instances import label_image
-from .memory import BATCH_SIZE
-from .tiling import predict_tiled, tile_count, tile_for
+from .sizes import output_size, size_rule
+from .tiling import OUTPUTS, predict_tiled, tile_count
 from .weightmaps import split_ignored
 
 
+
 class UNet:
-    """A Keras U-Net and its model folder's ``config.json``.
+    """A trained U-Net, its model folder's config and the runtime that runs it.
+
+    The one predictor: the CLI, chunked and Dask prediction (:mod:`unet_tf.chunked`) and the
+    napari widgets all predict through it, with its one tile and memory policy
+    (:meth:`tile_size`).
 
     Args:
-        model: a Keras model from :func:`unet_tf.build_unet` (logits out).
+        model: a Keras model from :func:`unet_tf.build_unet` (logits out), or ``None`` to load
+            the folder's on first use.
         config: the folder's :class:`~unet_tf.model_folder.ModelConfig`.
-        folder: the model folder (needed by :meth:`export`).
+        folder: the model folder (needed by :meth:`export`, the LiteRT runtime and a
+            ``model`` of ``None``).
+        runtime: ``"keras"`` or ``"litert"`` (the folder's ``export/model_int8.tflite``, else
+            fp16, else float32: make one with ``unet-tf export M --format tflite-int8``).
+        threads: CPU threads for this process (default: all cores); a process that gets a
+            share of the cores (a Dask worker) gets the same share of the memory budget.
     """
 
-    def __init__(self, model, config, folder=None):
-        self.model, self.config = model, config
+    def __init__(self, model, config, folder=None, runtime="keras", threads=None):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        self._model, self.config, self.runtime, self.threads = model, config, runtime, threads
         self.folder = Path(folder) if folder is not None else None
+        if model is None and self.folder is None:
+            raise ValueError("UNet needs a model or a model folder to load one from")
+        a = config.architecture
+        self.period = size_rule(a.depth, a.upsampling)[1]
+        self.fixed_tile, self.description, self._forward = None, "Keras", None
+        if runtime == "litert":
+            self._litert_path = self._find_litert()
+        elif threads:
+            limit_threads(threads)
 
     @classmethod
-    def from_folder(cls, folder):
-        """Load a model folder written by :func:`unet_tf.train`.
+    def from_folder(cls, folder, runtime="keras", threads=None, lazy=False):
+        """Load a model folder written by :func:`unet_tf.train`; ``lazy``: the Keras model
+        loads on first use (a process that only plans the work never loads it).
 
         Raises:
-            FileNotFoundError: the folder, ``model.keras`` or ``config.json`` is missing.
+            FileNotFoundError: the folder, ``model.keras`` or ``config.json`` is missing (or the
+                TFLite export, for ``runtime="litert"``).
             ValueError: the folder is broken or from a newer unet-tf.
 
         Example:
             >>> unet = UNet.from_folder("my-model")  # doctest: +SKIP
         """
+        if lazy or runtime != "keras":
+            return cls(None, read_config(folder), folder, runtime, threads)
         model, config = load_model_folder(folder)
-        return cls(model, config, folder)
+        return cls(model, config, folder, runtime, threads)
+
+    @classmethod
+    def cached(cls, folder, runtime="keras", threads=None):
+        """This process's UNet of ``folder`` (lazy): workers and widgets load a model once."""
+        return _cached(str(Path(folder).resolve()), runtime, threads)
 
     @classmethod
     def train(cls, config, images=None, masks=None, **options):
@@ -62,8 +102,19 @@ class UNet:
     # ----------------------------------------------------------------------- properties
 
     @property
+    def model(self):
+        """The Keras model (loaded from the folder on first use)."""
+        if self._model is None:
+            self._model, _ = load_model_folder(self.folder)
+        return self._model
+
+    @property
     def num_classes(self):
         return self.config.architecture.num_classes
+
+    @property
+    def channels(self):
+        return self.config.architecture.channels
 
     @property
     def class_names(self):
@@ -73,16 +124,31 @@ class UNet:
     def normalization(self):
         return self.config.normalization
 
+    # ----------------------------------------------------------------------- tiles
+
     def tile_size(self, image_shape, batch_size=BATCH_SIZE):
-        """The tile :meth:`predict` uses for an image of ``image_shape`` when none is given:
-        the largest that fits the memory budget (the training tile plays no part)."""
-        return tile_for(self.model, image_shape, batch_size)
+        """The tile :meth:`predict` uses for an image (or window) of ``image_shape`` when none
+        is given: the LiteRT export's fixed tile; for Keras, as few tiles of ``batch_size`` as
+        fit this process's memory budget, just large enough to cover the image evenly (see
+        :func:`unet_tf.memory.inference_tile_size`). The training tile plays no part."""
+        if self.fixed_tile:
+            return self.fixed_tile
+        a = self.config.architecture
+        share = self.threads / os.cpu_count() if self.threads and os.cpu_count() else 1.0
+        return inference_tile_size(image_shape, a.depth, a.upsampling, a.filters, a.channels,
+                                   a.num_classes, batch_size, inference_budget(share))
 
     def tile_count(self, image_shape, tile_size=None, batch_size=BATCH_SIZE):
         """How many tiles :meth:`predict` runs for an image of ``image_shape``."""
         a = self.config.architecture
         tile_size = tile_size or self.tile_size(image_shape, batch_size)
         return tile_count(image_shape, tile_size, a.depth, a.upsampling)
+
+    def _checked_tile(self, image_shape, tile_size, batch_size):
+        if tile_size and self.fixed_tile and tile_size != self.fixed_tile:
+            raise ValueError(f"the LiteRT export takes {self.fixed_tile}x{self.fixed_tile} "
+                             f"tiles only, got tile_size={tile_size}")
+        return tile_size or self.tile_size(image_shape, batch_size)
 
     # ----------------------------------------------------------------------- inference
 
@@ -94,16 +160,86 @@ class UNet:
             image: uint8/uint16/float ``YX`` or ``YXC``, raw (normalised here).
             output: ``"probabilities"`` ``(H, W, K)`` float32, ``"logits"`` or ``"labels"``
                 (class ids, ``(H, W)`` int32).
-            tile_size: a valid tile; default the largest that fits memory (any valid size gives
-                the same result, up to float rounding).
-            batch_size: tiles per forward pass.
+            tile_size: a valid tile; default :meth:`tile_size` (any valid size gives the same
+                result, up to float rounding).
+            batch_size: tiles per forward pass (LiteRT: one tile per invoke).
             progress: a ``keras.utils.Progbar`` or ``True`` for a new one.
 
         Returns:
             The array :func:`unet_tf.predict_tiled` returns.
         """
-        return predict_tiled(self.model, image, tile_size=tile_size, batch_size=batch_size,
-                             output=output, progress=progress, normalization=self.normalization)
+        image = check_image(image)
+        tile_size = self._checked_tile(image.shape, tile_size, batch_size)
+        if self.runtime == "keras":
+            return predict_tiled(self.model, image, tile_size=tile_size, batch_size=batch_size,
+                                 output=output, progress=progress,
+                                 normalization=self.normalization)
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if image.shape[2] != self.channels:
+            raise ValueError(f"image has {image.shape[2]} channels, the model expects "
+                             f"{self.channels}")
+        bar = progress if isinstance(progress, keras.utils.Progbar) else (
+            keras.utils.Progbar(self.tile_count(image.shape, tile_size), unit_name="tile")
+            if progress else None)
+        a = self.config.architecture
+        probabilities = overlap_tile.predict_image(
+            image, self.predict_tiles, tile_size, output_size(tile_size, a.depth, a.upsampling),
+            self.period, self.normalization, 1, on_batch=bar.add if bar else None)
+        return as_output(probabilities, output)
+
+    def predict_window(self, image, value_range, window):
+        """Probabilities ``(h, w, K)`` of ``window = (top, left, h, w)`` of a
+        :class:`~unet_tf.omezarr.LazyImage` normalised with ``value_range``, one tile a
+        forward pass; ``(top, left)`` on the pooling grid, so the result is exact (what
+        chunked prediction puts together)."""
+        a = self.config.architecture
+        top, left, height, width = window
+        tile = self.tile_size((height, width), 1)
+        out = output_size(tile, a.depth, a.upsampling)
+        margin = (tile - out) // 2
+        _, corners = overlap_tile.window_grid(height, width, out, self.period)
+        region = image.read_mirrored(top - margin, left - margin,
+                                     max(c[0] for c in corners) + tile,
+                                     max(c[1] for c in corners) + tile)
+        return overlap_tile.predict_window(region, self.predict_tiles, tile, out, self.period,
+                                           value_range, (margin, margin, height, width), 1)
+
+    def predict_tiles(self, tiles):
+        """Probabilities ``(N, O, O, K)`` (numpy) of normalised tiles ``(N, T, T, C)``."""
+        if self._forward is None:   # loaded on first use: a process that only plans never does
+            self._forward = self._keras_forward() if self.runtime == "keras" else \
+                self._litert_forward()
+        return self._forward(tiles)
+
+    def _keras_forward(self):
+        from .tiling import forward
+        probabilities = forward(self.model, "probabilities")
+        return lambda tiles: probabilities(tiles).numpy()
+
+    def _find_litert(self):
+        """The folder's TFLite export (int8 first); sets its tile and the description."""
+        export = self.folder / EXPORT_DIR
+        found = [export / f"model_{kind}.tflite" for kind in LITERT_KINDS
+                 if (export / f"model_{kind}.tflite").is_file()]
+        if not found:
+            raise FileNotFoundError(
+                f"--runtime litert needs a TFLite export in {export}: run `unet-tf export "
+                f"{self.folder} --format tflite-int8` (or tflite) first")
+        meta = json.loads(found[0].with_suffix(".json").read_text())
+        self.fixed_tile = meta["tile_size"]
+        check = meta.get("check", {})
+        agreement = (f", {100 * check['label_agreement']:.2f} % of pixels as Keras on "
+                     f"{check['tiles']} check tiles" if "label_agreement" in check else "")
+        self.description = f"LiteRT {found[0].name} (tile {self.fixed_tile}{agreement})"
+        return found[0]
+
+    def _litert_forward(self):
+        from ai_edge_litert.interpreter import Interpreter
+        interpreter = Interpreter(model_path=str(self._litert_path),
+                                  num_threads=self.threads or os.cpu_count())
+        interpreter.allocate_tensors()
+        return lambda tiles: overlap_tile.softmax(overlap_tile.invoke_tiles(interpreter, tiles))
 
     @property
     def postprocessing(self):
@@ -160,3 +296,17 @@ class UNet:
         a = self.config.architecture
         return (f"UNet(folder={str(self.folder)!r}, depth={a.depth}, filters={a.filters}, "
                 f"classes={a.num_classes})")
+
+
+def as_output(probabilities, output):
+    """``probabilities`` ``(..., K)`` as ``output`` (see :data:`unet_tf.tiling.OUTPUTS`)."""
+    if output == "labels":
+        return probabilities.argmax(-1).astype(np.int32)
+    if output == "logits":
+        return np.log(np.maximum(probabilities, 1e-30))
+    return probabilities
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(folder, runtime, threads):
+    return UNet.from_folder(folder, runtime, threads, lazy=True)

@@ -26,13 +26,13 @@ from ..io import list_images, read_frames, write_atomically
 from ..model import build_unet
 from ..model_folder import load_model_folder
 from ..sizes import check_input_size, output_size, size_rule
-from ..tiling import inference_tile_size, tile_stride
+from ..memory import DEVICE_MEMORY, inference_tile_size
+from ..tiling import tile_stride
 from .common import CALIBRATION_TILES, CHECK_TILES, export_dir, export_target
 
 KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
-# A TFLite model has one fixed tile. Devices have little memory, so the default is the largest
-# tile whose activations fit DEVICE_MEMORY, and no larger than a 1024^2 frame needs.
-DEVICE_MEMORY = 256 * 2 ** 20
+# A TFLite model has one fixed tile. Devices have little memory, so the default is the tile
+# memory.inference_tile_size gives a 1024^2 frame within memory.DEVICE_MEMORY.
 DEVICE_FRAME = (1024, 1024)
 
 

@@ -109,10 +109,10 @@ class _Job:
 def _segment(folder, frames, with_probabilities):
     """Generator run in a worker: yields ``(done, total)`` chunks; returns labels and
     probabilities (stacked for several frames)."""
-    from unet_tf import chunked, overlap_tile
+    from unet_tf import UNet, chunked, overlap_tile
     from unet_tf.omezarr import open_image
     from unet_tf.instances import label_image
-    model = chunked.runner(str(folder))
+    model = UNet.cached(folder)
     frames = [overlap_tile.as_yxc_with(frame, model.channels) for frame in frames]
     chunk = max(SEGMENT_CHUNK - SEGMENT_CHUNK % model.period, model.period)
     windows = [chunked.chunk_windows(frame.shape, chunk) for frame in frames]
@@ -123,11 +123,11 @@ def _segment(folder, frames, with_probabilities):
         lazy = open_image(frame)
         result = np.zeros((*frame.shape[:2], model.num_classes), np.float32)
         for _, _, (top, left, height, width) in frame_windows:
-            result[top:top + height, left:left + width] = model.predict(
+            result[top:top + height, left:left + width] = model.predict_window(
                 lazy, lohi, (top, left, height, width))
             done += 1
             yield done, total
-        labels.append(label_image(result, model.settings))
+        labels.append(label_image(result, model.postprocessing))
         if with_probabilities:
             probabilities.append(result[..., 1:].max(-1) if model.num_classes > 2
                                  else result[..., 1])
