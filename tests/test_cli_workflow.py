@@ -158,8 +158,8 @@ def test_the_boundary_target_trains_from_instances_and_predicts_instances(worksp
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--class-names", "background,a,b", "--classes", "4"], "names 3 classes"),
-    (["--classes", "1"], "--classes must be >= 2"),
+    (["--class-names", "background,a,b", "--classes", "4"], "names 3 classes (background, a, b) but num_classes is 4"),
+    (["--classes", "1"], "num_classes must be >= 2"),
 ])
 def test_bad_class_options_are_refused(class_workspace, options, message):
     result = _train_tiny(class_workspace, "bad-classes", *options)

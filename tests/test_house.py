@@ -99,7 +99,8 @@ def test_prediction_and_export_import_no_training_code():
 
 
 @pytest.mark.parametrize("module", ["", "cli", "sizes", "config", "io", "metrics", "instances",
-                                    "images", "planner", "errors", "version", "model_folder"])
+                                    "images", "planner", "errors", "version", "model_folder",
+                                    "masks", "stitching", "cluster", "chunked", "memory"])
 def test_the_package_the_cli_and_the_pure_modules_import_no_tensorflow(module):
     reached = reached_from(import_graph(top_level_only=True), module) | {module}
     assert "backend" not in reached, f"unet_tf.{module} reaches unet_tf.backend (TensorFlow)"
@@ -162,8 +163,10 @@ def test_a_saved_model_loads_in_a_fresh_interpreter_as_the_readme_says(trained_f
 NO_TENSORFLOW = """
 import contextlib, io, sys
 import unet_tf, unet_tf.cli, unet_tf.sizes, unet_tf.config, unet_tf.io, unet_tf.metrics
-import unet_tf.instances, unet_tf.images, unet_tf.planner
+import unet_tf.instances, unet_tf.images, unet_tf.planner, unet_tf.chunked
 from unet_tf.cli import main
+from unet_tf.model_folder import read_config
+read_config(sys.argv[1])   # a model folder's config reads without TensorFlow
 out = io.StringIO()
 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
     for argv in (["--help"], ["train", "--help"], ["train", "--out", "m"]):
@@ -178,8 +181,9 @@ print(codes, unet_tf.__version__, "tensorflow" in sys.modules, "keras" in sys.mo
 
 
 def test_the_package_the_cli_and_input_errors_load_no_tensorflow():
-    result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW], capture_output=True, text=True,
-                            timeout=120, cwd=REPO)
+    result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW,
+                             str(REPO / "tests" / "data" / "folder_format1")],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["[0,", "2]", unet_tf.__version__, "False", "False"]
 

@@ -13,7 +13,8 @@ import textwrap
 from pathlib import Path
 
 from .chunked import CHUNK
-from .config import LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, NothingLearned, TrainConfig
+from .config import (LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, NothingLearned, TrainConfig,
+                     class_id_settings)
 from .demo import DEMO_BUDGET
 from .errors import USER_ERRORS
 from .exporters import FORMATS as EXPORT_FORMATS
@@ -137,22 +138,9 @@ def _given_settings(args):
         given["weight_map"] = False
     if args.mixed_precision:
         given["mixed_precision"] = True
-    given.update(_class_settings(args.classes, args.class_names))
+    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+    given.update(class_id_settings(args.classes, names))
     return given
-
-
-def _class_settings(classes, class_names):
-    """--classes / --class-names: masks of class ids, as TrainConfig settings."""
-    if classes is None and class_names is None:
-        return {}
-    names = [n.strip() for n in class_names.split(",")] if class_names else None
-    if names and classes is not None and len(names) != classes:
-        raise ValueError(f"--class-names names {len(names)} classes ({class_names}) but "
-                         f"--classes is {classes}")
-    classes = len(names) if names else classes
-    if classes < 2:
-        raise ValueError(f"--classes must be >= 2 (background and at least one class), got {classes}")
-    return {"target": "classes", "num_classes": classes, **({"class_names": names} if names else {})}
 
 
 def _percent(fraction):

@@ -51,6 +51,22 @@ class NothingLearned(RuntimeError):
         self.folder, self.report = folder, report
 
 
+def class_id_settings(num_classes=None, class_names=None):
+    """The settings of masks that hold class ids (``target="classes"``) from a class count, the
+    classes' names, or both (which must agree); ``{}`` when neither is given."""
+    if num_classes is None and not class_names:
+        return {}
+    if class_names and num_classes is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names names {len(class_names)} classes "
+                         f"({', '.join(class_names)}) but num_classes is {num_classes}")
+    num_classes = len(class_names) if class_names else num_classes
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (background and at least one class), got "
+                         f"{num_classes}")
+    return {"target": "classes", "num_classes": num_classes,
+            **({"class_names": list(class_names)} if class_names else {})}
+
+
 def valid_normalization(norm):
     if not (isinstance(norm, dict) and norm.get("method") in ("percentile", "dataset")
             and 0 <= norm.get("low", -1) < norm.get("high", -1) <= 100):

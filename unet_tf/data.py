@@ -18,7 +18,8 @@ from .augment import Augmentation
 from .images import NORMALIZATION, check_image, crop_reflect, normalize_with
 from .sampling import draw_window, object_groups
 from .sizes import output_size
-from .weightmaps import as_instances, check_mask, split_ignored, weight_map as compute_weight_map
+from .masks import as_instances, check_mask, split_ignored
+from .weightmaps import weight_map as compute_weight_map
 
 
 def boundary_labels(instances):

@@ -4,13 +4,13 @@ Semantic: IoU per class and of the foreground, pixel error. Segment-level: the I
 error on connected components of the foreground, and instance matching at IoU thresholds
 (precision, recall, F1, the DSB2018 average precision, merged and split cells). Masks from a
 two-class U-Net are turned into instances by connected components
-(:func:`unet_tf.weightmaps.as_instances`).
+(:func:`unet_tf.masks.as_instances`).
 """
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from .weightmaps import as_instances
+from .masks import as_instances
 
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
 

@@ -35,7 +35,7 @@ from .model_folder import ModelConfig
 from .overlap_tile import percentiles
 from .sampling import expected_foreground_share, uniform_foreground_share
 from .sizes import input_size_for_output, output_size, size_rule
-from .weightmaps import as_instances, split_ignored
+from .masks import as_instances, split_ignored
 
 DEFAULT_BUDGET = {"cpu": 600.0, "gpu": 1800.0}   # seconds: 10 min on a laptop, 30 on a GPU
 MIN_EPOCHS = 5             # checkpoints to choose the best model from

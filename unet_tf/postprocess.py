@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 from .images import as_yxc, normalize
 from .instances import DEFAULT_SETTINGS, label_image
 from .metrics import match_instances, without_ignored
-from .weightmaps import as_instances, split_ignored
+from .masks import as_instances, split_ignored
 
 PROBABILITY_CUTOFFS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SPLITS = (None, 0.5, 1, 2, 3, 5, 8)              # h of the h-maxima seeds, pixels

@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from .weightmaps import as_instances
+from .masks import as_instances
 
 
 def object_groups(mask, target):

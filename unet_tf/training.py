@@ -25,7 +25,7 @@ from .model_folder import (BACKUP_DIR, HISTORY_FILE, LOGS_DIR, MODEL_FILE, Model
 from .postprocess import describe, tune
 from .sampling import TileCounter
 from .tiling import predict_tiled
-from .weightmaps import split_ignored
+from .masks import split_ignored
 
 # A tuned model below either of these on its tuning images found almost none of the objects.
 LEARNED_NOTHING_F1 = 0.2          # F1@0.5 of the objects

@@ -29,7 +29,7 @@ from .model_folder import EXPORT_DIR, LITERT_KINDS, RUNTIMES, load_model_folder,
 from .instances import label_image
 from .sizes import output_size, size_rule
 from .tiling import OUTPUTS, predict_tiled, tile_count
-from .weightmaps import split_ignored
+from .masks import split_ignored
 
 
 

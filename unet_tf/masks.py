@@ -1,0 +1,52 @@
+"""Masks as the user gives them: the checks every reader of a mask goes through, unannotated
+pixels split off (the ignore label), instance labels from instance or binary masks. numpy and
+SciPy only."""
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def check_mask(mask, name="mask"):
+    """A ``YX`` label image with whole, non-negative values (bool becomes uint8), or a
+    ``ValueError`` that says what was found."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (YX) label image, got shape {mask.shape}")
+    if mask.dtype == bool:
+        return mask.astype(np.uint8)
+    if not np.issubdtype(mask.dtype, np.number) or np.issubdtype(mask.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold integer labels, got dtype {mask.dtype}")
+    if not np.issubdtype(mask.dtype, np.integer):
+        finite = np.isfinite(mask)
+        if not finite.all() or np.any(np.mod(mask, 1) != 0):
+            raise ValueError(f"{name} must hold integer labels, got dtype {mask.dtype} "
+                             "with non-integer values")
+    if mask.size and mask.min() < 0:
+        raise ValueError(f"{name} must hold labels >= 0 (0 = background), found {mask.min()}")
+    return mask
+
+
+def split_ignored(mask, ignore_label=None, name="mask"):
+    """``(mask, ignored)``: the checked ``YX`` mask with its unannotated pixels (those equal
+    to ``ignore_label``) set to 0, and those pixels as a boolean array (``None`` without an
+    ignore label). Unannotated pixels are neither object nor background: they weigh 0 in
+    the loss and are left out of every statistic and score."""
+    mask = check_mask(mask, name)
+    if ignore_label is None:
+        return mask, None
+    ignored = mask == ignore_label
+    return np.where(ignored, 0, mask).astype(mask.dtype), ignored
+
+
+def as_instances(mask, name="mask"):
+    """Instance labels (int32, 0 = background) from an instance or binary ``YX`` mask.
+
+    A mask with a single non-zero value (binary: 0/1, 0/255, bool) is split into its connected
+    components (4-connectivity, so cells touching only at a corner stay apart); any other integer
+    mask is taken as instance labels already.
+    """
+    mask = check_mask(mask, name)
+    values = mask[mask > 0]
+    if values.size and values.min() == values.max():
+        return ndi.label(mask > 0)[0].astype(np.int32)
+    return mask.astype(np.int32)
