@@ -13,7 +13,9 @@ import numpy as np
 
 TRAINING_FACTOR = 3.0   # activations + their gradients + temporaries
 GIB = 2 ** 30
-INFERENCE_MEMORY = 2 * GIB        # most a batch of prediction tiles takes on this machine
+# Most a batch of prediction tiles takes. Measured (bench_scale.py, 4096^2, depth 4, 16 filters,
+# 2 cores): 2 GiB instead of 512 MiB gained <= 5 % (noise level here) and cost 400-600 MB more.
+INFERENCE_MEMORY = GIB // 2
 DEVICE_MEMORY = 256 * 2 ** 20     # what a TFLite export's tile may take on an edge device
 BATCH_SIZE = 4   # tiles per forward pass: on 2-8 CPU cores larger batches gain < 10 %
 
@@ -61,14 +63,11 @@ def available_bytes():
     return None
 
 
-def inference_budget(share=1.0):
-    """Bytes a batch of prediction tiles may take in a process that gets ``share`` of this
-    machine (a Dask worker with a third of the cores: 1/3): a quarter of the available memory,
-    at most ``INFERENCE_MEMORY`` (beyond it larger tiles save little: the overlap is already
-    small), times ``share``."""
+def inference_budget():
+    """Bytes a batch of prediction tiles may take in one process (each Dask worker too): a
+    quarter of the available memory, at most ``INFERENCE_MEMORY``."""
     available = available_bytes()
-    whole = min(INFERENCE_MEMORY, available // 4) if available else INFERENCE_MEMORY // 2
-    return int(whole * min(1.0, share))
+    return min(INFERENCE_MEMORY, available // 4) if available else INFERENCE_MEMORY // 2
 
 
 def inference_tile_size(image_shape, depth=5, upsampling="transpose", filters=64, channels=1,

@@ -48,8 +48,7 @@ class UNet:
             ``model`` of ``None``).
         runtime: ``"keras"`` or ``"litert"`` (the folder's ``export/model_int8.tflite``, else
             fp16, else float32: make one with ``unet-tf export M --format tflite-int8``).
-        threads: CPU threads for this process (default: all cores); a process that gets a
-            share of the cores (a Dask worker) gets the same share of the memory budget.
+        threads: CPU threads for this process (default: all cores).
     """
 
     def __init__(self, model, config, folder=None, runtime="keras", threads=None):
@@ -129,14 +128,14 @@ class UNet:
     def tile_size(self, image_shape, batch_size=BATCH_SIZE):
         """The tile :meth:`predict` uses for an image (or window) of ``image_shape`` when none
         is given: the LiteRT export's fixed tile; for Keras, as few tiles of ``batch_size`` as
-        fit this process's memory budget, just large enough to cover the image evenly (see
-        :func:`unet_tf.memory.inference_tile_size`). The training tile plays no part."""
+        fit the memory budget (:func:`unet_tf.memory.inference_budget`), just large enough to
+        cover the image evenly (:func:`unet_tf.memory.inference_tile_size`). The training tile
+        plays no part."""
         if self.fixed_tile:
             return self.fixed_tile
         a = self.config.architecture
-        share = self.threads / os.cpu_count() if self.threads and os.cpu_count() else 1.0
         return inference_tile_size(image_shape, a.depth, a.upsampling, a.filters, a.channels,
-                                   a.num_classes, batch_size, inference_budget(share))
+                                   a.num_classes, batch_size, inference_budget())
 
     def tile_count(self, image_shape, tile_size=None, batch_size=BATCH_SIZE):
         """How many tiles :meth:`predict` runs for an image of ``image_shape``."""
