@@ -125,7 +125,7 @@ TRAIN_OPTIONS = {"tile_size": "tile_size", "depth": "depth", "filters": "filters
                  "elastic_sigma": "elastic_sigma", "early_stopping": "early_stopping",
                  "strategy": "strategy", "seed": "seed", "target": "target",
                  "normalization": "normalization", "ignore_label": "ignore_label",
-                 "foreground_tiles": "foreground_tiles"}
+                 "foreground_tiles": "foreground_tiles", "start_from": "start_from"}
 
 
 def _given_settings(args):
@@ -212,7 +212,11 @@ def _add_train_settings(p):
     d, paper, edge = DEFAULTS, PRESETS["paper"], PRESETS["edge"]
     p.add_argument("--time-budget", metavar="DURATION",
                    help="training time to plan for, e.g. 90s, 10m, 1h (default 10m without a "
-                   "GPU, 30m with one)")
+                   "GPU, 30m with one; a fine-tune: 2m / 5m)")
+    p.add_argument("--from", dest="start_from", metavar="MODEL_DIR",
+                   help="fine-tune a trained model folder: its architecture, weights and "
+                   "normalisation (a new classifier head if the classes differ), planned with "
+                   "fewer steps and a lower learning rate")
     p.add_argument("--tile-size", type=int, help="input tile, a valid size (planned; preset: "
                    f"{paper['tile_size']} / {edge['tile_size']})")
     _add_architecture_args(p, defaults=False)
@@ -277,6 +281,7 @@ def _add_train(subparsers):
         unet-tf train --images data/images --masks data/masks --out paper-model --preset paper
         unet-tf train --images imgs --masks class_ids --out m --class-names background,nucleus,mitosis
         unet-tf train --config my-model/config.json --out my-model-again   # the same run
+        unet-tf train --images new/images --masks new/masks --out tuned --from my-model
         # killed? the same command resumes from the last completed epoch
         """, _cmd_train)
     paper, edge = PRESETS["paper"], PRESETS["edge"]

@@ -38,7 +38,7 @@ MIN_STEPS = 250   # training steps: fewer than this gave no useful model in any 
 RENAMED = {"sigma": "border_sigma"}
 # Settings added since then, with what their absence meant, so an older folder's
 # ``train --config`` repeats the run it describes.
-ADDED = {"foreground_tiles": 0.0, "ignore_label": None}
+ADDED = {"foreground_tiles": 0.0, "ignore_label": None, "start_from": None}
 
 
 class NothingLearned(RuntimeError):
@@ -113,6 +113,7 @@ class TrainConfig:
     val_split: float = 0.2            # fraction of whole images held out for validation
     foreground_tiles: float = 0.33    # share of tiles centred on an annotated object (nnU-Net's)
     ignore_label: int | None = None   # mask value of unannotated pixels: weight 0, never scored
+    start_from: str | None = None     # a model folder to fine-tune: its architecture and weights
     early_stopping: int | None = None # patience in epochs; None: off
     strategy: str = "default"         # "default", "mirrored" (GPUs of one host), "multiworker"
     mixed_precision: bool = False     # mixed_float16 compute (GPUs); logits and loss in float32
@@ -187,6 +188,8 @@ class TrainConfig:
              f"ignore_label {self.ignore_label} is one of the class ids 0..{self.num_classes - 1}: "
              f"choose a value >= {self.num_classes}"),
             (self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}"),
+            (self.start_from is None or isinstance(self.start_from, str),
+             f"start_from must be None or a model folder's path, got {self.start_from!r}"),
             (self.target != "foreground" or self.num_classes == 2,
              f"the foreground target has 2 classes, got num_classes={self.num_classes}"),
             (self.optimizer in OPTIMIZERS,

@@ -55,6 +55,10 @@ class Architecture:
     channels: int
 
 
+# What a fine-tune takes from its source as it is: the weights' shapes depend on these.
+ARCHITECTURE_SETTINGS = ("depth", "filters", "upsampling")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A model folder's ``config.json`` (see the module docstring); ``from_dict``/``to_dict``
@@ -186,6 +190,37 @@ class ModelConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"{source}: {message}")
+
+
+def fine_tune_source(folder, channels, settings=None):
+    """The :class:`ModelConfig` of ``folder`` as the start of a fine-tune on images with
+    ``channels`` channels, checked before any work: a ``ValueError`` when it is not a model
+    folder, its net takes another channel count, or ``settings`` (a TrainConfig's fields)
+    ask for another architecture (a fine-tune keeps the source's, to keep its weights)."""
+    try:
+        source = read_config(folder)
+    except FileNotFoundError as err:
+        raise ValueError(f"cannot fine-tune: {err}") from None
+    a = source.architecture
+    if a.channels != channels:
+        raise ValueError(f"cannot fine-tune from {folder}: its net takes {a.channels}-channel "
+                         f"images, these have {channels}")
+    for name in ARCHITECTURE_SETTINGS:
+        given = (settings or {}).get(name, getattr(a, name))
+        if given != getattr(a, name):
+            raise ValueError(f"a fine-tune keeps the source's architecture: {folder} has "
+                             f"{name} {getattr(a, name)!r}, got {given!r} (leave it out)")
+    return source
+
+
+def weights_digest(folder):
+    """SHA-256 of a model folder's ``model.keras``: which weights a fine-tune started from."""
+    import hashlib
+    digest = hashlib.sha256()
+    with open(Path(folder) / MODEL_FILE, "rb") as handle:
+        for block in iter(lambda: handle.read(2 ** 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def default_postprocessing(target):

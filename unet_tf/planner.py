@@ -31,13 +31,15 @@ import numpy as np
 from .config import MIN_STEPS, TrainConfig
 from .images import check_image, normalization_for
 from .memory import GIB, available_bytes
-from .model_folder import ModelConfig
+from .model_folder import ModelConfig, fine_tune_source, weights_digest
 from .overlap_tile import percentiles
 from .sampling import expected_foreground_share, uniform_foreground_share
 from .sizes import input_size_for_output, output_size, size_rule
 from .masks import as_instances, split_ignored
 
 DEFAULT_BUDGET = {"cpu": 600.0, "gpu": 1800.0}   # seconds: 10 min on a laptop, 30 on a GPU
+FINE_TUNE_BUDGET = {"cpu": 120.0, "gpu": 300.0}  # a fine-tune starts from a trained net
+FINE_TUNE_RATE = 1e-4      # Adam, a tenth of the from-scratch rate: keep what the source learned
 MIN_EPOCHS = 5             # checkpoints to choose the best model from
 TIMED_STEPS = 6            # training steps timed on this machine (after 2 warm-up steps)
 PIPELINE_FACTOR = 1.05     # the input pipeline shares the CPU (measured on 2 cores: ~1.0)
@@ -213,6 +215,7 @@ class Plan:
     estimated_seconds: float | None = None
     tuning_seconds: float | None = None  # post-processing tuning after training (estimated)
     tiles_with_objects: float | None = None  # expected share of training tiles holding an object
+    start_from: dict | None = None     # a fine-tune's source: folder, weights_sha256, trained_on
 
     def config(self, **fixed):
         """The :class:`TrainConfig` of this plan (``fixed``: out, images, masks, ...)."""
@@ -268,6 +271,40 @@ def _architecture(fp, gpu):
     settings["batch_size"] = 8 if gpu else 4
     reasons["batch_size"] = ("GPU throughput" if gpu else
                              "4 tiles: steady gradients, no slower per pixel on 2-8 cores")
+    return settings, reasons
+
+
+def _fine_tune(fp, source, folder, images, gpu):
+    """What a fine-tune from ``source`` (a :class:`~unet_tf.model_folder.ModelConfig`) takes
+    over, with reasons: the architecture (its weights need it), the target (its head carries
+    over), the normalisation (its weights expect it) unless this data rules it out, a lower
+    learning rate; the tile is planned for this data's objects at the source's depth."""
+    a = source.architecture
+    settings = {name: getattr(a, name) for name in ("depth", "filters", "upsampling", "dropout")}
+    reasons = {name: f"the source's ({folder}): its weights need it" for name in settings}
+    large = fp["diameter_p5_p50_p95"][2]
+    target_out = int(np.clip(3 * large, 96, 192)) if not gpu else 388
+    out = min(target_out, max(min(fp["shape_min"]), size_rule(a.depth, a.upsampling)[1]))
+    settings["tile_size"] = input_size_for_output(out, a.depth, a.upsampling)
+    reasons["tile_size"] = (f"output {output_size(settings['tile_size'], a.depth, a.upsampling)}"
+                            " px, ~3 objects across, at the source's depth")
+    settings["target"], settings["num_classes"] = source.training.target, a.num_classes
+    settings["class_names"] = list(source.class_names)
+    reasons["target"] = "the source's: its classifier head carries over"
+    settings["normalization"] = dict(source.normalization)
+    reasons["normalization"] = "the source's: its weights expect images scaled so"
+    if source.normalization["method"] == "dataset":
+        lo, hi = source.normalization["range"]
+        here = normalization_for("dataset", images)["range"]
+        overlap = max(0.0, min(hi, here[1]) - max(lo, here[0])) / (here[1] - here[0])
+        if overlap < 0.5:
+            settings["normalization"] = normalization_for("image", images)
+            reasons["normalization"] = (
+                f"the source's dataset range {lo:g}..{hi:g} covers {100 * overlap:.0f} % of "
+                f"this data's {here[0]:g}..{here[1]:g}: each image is stretched on its own")
+    settings["learning_rate"] = FINE_TUNE_RATE
+    reasons["learning_rate"] = ("Adam at a tenth of the from-scratch rate: adapt, keep what "
+                                "the source learned")
     return settings, reasons
 
 
@@ -429,13 +466,23 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
     settings.update(more)
     reasons.update(why)
     settings["normalization"], reasons["normalization"] = _normalization(fp)
+    source = overrides.get("start_from")
+    if source:
+        source_config = fine_tune_source(source, fp["channels"], overrides)
+        more, why = _fine_tune(fp, source_config, source, images, gpu)
+        settings.update(more)
+        reasons.update(why)
+    if source and {"target", "num_classes", "class_names"} & set(overrides):
+        for name in ("target", "num_classes", "class_names"):   # other classes: a new head
+            if name not in overrides:
+                settings.pop(name, None)
     for name, value in overrides.items():
         settings[name] = value
         reasons[name] = "given"
     if isinstance(settings["normalization"], str):   # "image" / "dataset" -> the entry
         settings["normalization"] = normalization_for(settings["normalization"], images)
     budget = parse_duration(time_budget) if time_budget is not None else \
-        DEFAULT_BUDGET["gpu" if gpu else "cpu"]
+        (FINE_TUNE_BUDGET if source else DEFAULT_BUDGET)["gpu" if gpu else "cpu"]
     TrainConfig(**settings).validate()  # the tile is valid before windows of it are measured
     out = output_size(settings["tile_size"], settings["depth"], settings["upsampling"])
     settings["foreground_tiles"], why, expected = _sampling(
@@ -443,6 +490,11 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
     reasons["foreground_tiles"] = why
     config = TrainConfig(**settings)
     plan = Plan(settings, reasons, fp, machine, tiles_with_objects=expected)
+    if source:
+        reasons["start_from"] = "given: fine-tune its weights"
+        plan.start_from = {"folder": str(Path(source).resolve()),
+                           "weights_sha256": weights_digest(source),
+                           "trained_on": source_config.data.get("train")}
     if "epochs" in overrides or "steps_per_epoch" in overrides:
         settings.setdefault("epochs", config.epochs)
         settings.setdefault("steps_per_epoch", config.steps_per_epoch)
@@ -476,9 +528,14 @@ def configure_run(images, masks, given=None, time_budget=None, preset=None,
     ``given`` settings beat both; ``fixed`` ones (``out``, the ``images``/``masks`` folders) are
     recorded as they are."""
     given, fixed = dict(given or {}), dict(fixed or {})
+    if given.get("start_from"):   # recorded absolute, so the run repeats from anywhere
+        given["start_from"] = str(Path(given["start_from"]).resolve())
     if preset:
         if time_budget:
             raise ValueError("a time budget plans the run; a preset keeps its own settings")
+        if given.get("start_from"):
+            raise ValueError("a fine-tune keeps its source's architecture; a preset names "
+                             "another: leave the preset out")
         return TrainConfig.from_preset(preset, **fixed, **_with_normalization(given, images)), None
     plan = make_plan(images, masks, time_budget, given, at_least_minimum=at_least_minimum)
     return plan.config(**fixed), plan

@@ -1,6 +1,7 @@
 """Training with Keras ``fit`` (one device or ``MirroredStrategy``) or the multi-worker loop,
 writing a complete model folder (:mod:`unet_tf.model_folder`)."""
 
+import dataclasses
 import shutil
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from .losses import weighted_pixel_loss
 from .memory import check_fits
 from .model import build_unet
 from .model_folder import (BACKUP_DIR, HISTORY_FILE, LOGS_DIR, MODEL_FILE, ModelConfig,
-                           update_config, write_config)
+                           fine_tune_source, update_config, write_config)
 from .postprocess import describe, tune
 from .sampling import TileCounter
 from .tiling import predict_tiled
@@ -128,6 +129,8 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     channels = check_image(images[0], "image 0").shape[2] if len(images) else 1
     check_fits(config.tile_size, config.batch_size, True, config.depth, config.filters,
                config.upsampling, channels, config.num_classes)
+    if config.start_from:   # a bad source is refused here, before any work
+        fine_tune_source(config.start_from, channels, dataclasses.asdict(config))
 
     replicas = strategy.num_replicas_in_sync
     train_idx, val_idx = split_images(len(images), config.val_split, config.seed)
@@ -167,6 +170,8 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
             keras.utils.set_random_seed(config.seed)
             model = build_unet((None, None, channels), config.num_classes, config.depth,
                                config.filters, config.dropout, config.upsampling)
+            if config.start_from:
+                _start_from(model, config.start_from, verbose)
             optimizer = make_optimizer(config)
         guard = DivergenceGuard()
         if is_multiworker(strategy):
@@ -194,6 +199,28 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
             steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
             _check_learned(report, out, tiles, steps)
     return model
+
+
+def _start_from(model, folder, verbose):
+    """Give ``model`` the weights of the model in ``folder``, layer by layer (same names and
+    shapes: the architecture is the same); a head for another number of classes starts new."""
+    source = keras.saving.load_model(Path(folder) / MODEL_FILE, compile=False)
+    names = {layer.name for layer in source.layers}
+    fresh = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        weights = source.get_layer(layer.name).get_weights() if layer.name in names else None
+        if weights is not None and [w.shape for w in weights] == \
+                [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(weights)
+        else:
+            fresh.append(layer.name)
+    if verbose:
+        head = f"; new: {', '.join(fresh)}" if fresh else ""
+        print(f"fine-tuning {folder}: weights of "
+              f"{sum(bool(layer.weights) for layer in model.layers) - len(fresh)} layers{head}",
+              flush=True)
 
 
 def _report_tiles(tiles, config, out, verbose):

@@ -1,0 +1,91 @@
+"""Fine-tuning (``--from``): a run starts from a trained folder's architecture and weights, a
+new head when the classes differ, planned with fewer steps and a lower rate; a bad source is
+refused before any work."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from unet_tf import UNet
+from unet_tf.config import TrainConfig
+from unet_tf.io import write_image
+from unet_tf.planner import make_plan
+from unet_tf.training import train
+from conftest import run_cli
+
+HELD_OUT = (slice(0, 200), slice(384, 512))
+
+
+def frozen_fine_tune(source, out, **settings):
+    """A fine-tune whose steps change nothing (a vanishing rate): the weights as they came."""
+    return TrainConfig(out=str(out), start_from=str(source), tile_size=188, depth=4, filters=8,
+                       dropout=0.0, epochs=1, steps_per_epoch=2, batch_size=1, optimizer="sgd",
+                       learning_rate=1e-12, momentum=0.0, val_split=0.0, **settings)
+
+
+def test_a_fine_tune_starts_from_the_source_weights(trained_folder, sample, tmp_path):
+    image, instances = sample
+    train(frozen_fine_tune(trained_folder, tmp_path / "tuned"), [image[:, 128:384]],
+          [instances[:, 128:384]], verbose=0)
+    crop = image[HELD_OUT]
+    np.testing.assert_allclose(UNet.from_folder(tmp_path / "tuned").predict(crop),
+                               UNet.from_folder(trained_folder).predict(crop), atol=1e-4)
+    stored = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert stored["training"]["start_from"] == str(trained_folder)
+
+
+def test_other_classes_get_a_new_head_and_keep_the_rest(trained_folder, sample, tmp_path):
+    image, instances = sample
+    train(frozen_fine_tune(trained_folder, tmp_path / "boundary", target="boundary"),
+          [image[:, :256]], [instances[:, :256]], verbose=0)
+    source, tuned = (UNet.from_folder(f).model for f in (trained_folder, tmp_path / "boundary"))
+    assert tuned.get_layer("logits").get_weights()[0].shape[-1] == 3
+    for layer in source.layers:
+        if layer.weights and layer.name != "logits":
+            for a, b in zip(layer.get_weights(), tuned.get_layer(layer.name).get_weights()):
+                np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_the_plan_of_a_fine_tune(trained_folder, sample):
+    image, instances = sample
+    plan = make_plan([image[:, :256]], [instances[:, :256]], overrides={
+        "start_from": str(trained_folder)}, step_timer=lambda config, channels: 0.1)
+    s = plan.settings
+    assert (s["depth"], s["filters"], s["upsampling"]) == (4, 8, "transpose")   # the source's
+    assert s["learning_rate"] == 1e-4 and "tenth" in plan.reasons["learning_rate"]
+    assert s["target"] == "foreground" and s["normalization"]["method"] == "percentile"
+    assert plan.time_budget == 120.0            # a fine-tune's default budget on a CPU
+    assert plan.start_from["weights_sha256"] == hashlib.sha256(
+        (trained_folder / "model.keras").read_bytes()).hexdigest()
+    assert "start_from" in plan.table() and plan.to_dict()["start_from"]["folder"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, sample):
+    image, instances = sample
+    root = tmp_path_factory.mktemp("finetune")
+    write_image(root / "images" / "a.tif", image[:, :256])
+    write_image(root / "masks" / "a.tif", instances[:, :256])
+    write_image(root / "rgb" / "a.tif", np.dstack([image[:, :256]] * 3))
+    write_image(root / "rgb_masks" / "a.tif", instances[:, :256])
+    return root
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--from", "nowhere"], "cannot fine-tune: model folder not found"),
+    (["--from", "SOURCE", "--depth", "5"], "keeps the source's architecture"),
+    (["--from", "SOURCE", "--preset", "edge"], "a fine-tune keeps its source's architecture"),
+    (["--from", "SOURCE", "--images", "RGB", "--masks", "RGB_MASKS"], "takes 1-channel images, "
+                                                                      "these have 3"),
+])
+def test_a_bad_source_is_refused_before_any_work(trained_folder, folders, options, message):
+    options = [str(trained_folder) if o == "SOURCE" else str(folders / "rgb") if o == "RGB" else
+               str(folders / "rgb_masks") if o == "RGB_MASKS" else o for o in options]
+    data = [] if "--images" in options else ["--images", folders / "images", "--masks",
+                                             folders / "masks"]
+    result = run_cli("train", *data, "--out", folders / "out", *options)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (folders / "out").exists()
