@@ -2,7 +2,7 @@
 the same time, and the hand recipe the README used to give for CPUs.
 
     python benchmarks/bench_time_to_accuracy.py [--hela DIR] [--budgets 2m 5m 10m]
-        [--runs plan recipe paper] [--skip-sample]
+        [--runs plan recipe paper finetune] [--finetune-budget 2m] [--skip-sample]
 
 Data (real, never downloaded at run time):
 - the bundled DSB2018 sample: left three quarters train, the right quarter is the test;
@@ -13,9 +13,13 @@ Data (real, never downloaded at run time):
 
 Runs: ``plan``, the planner at each budget (a budget too short for this machine is refused,
 as ``unet-tf train`` refuses it); ``recipe``, the hand recipe; ``paper``, the paper preset
-for the last budget (its step timed here first). Prints a table (wall time of training,
-held-out foreground IoU and nuclei F1@0.5, mean over test images) and ``RESULT`` lines: the
-planner's F1 over the hand recipe's.
+for the last budget (its step timed here first); ``finetune`` (needs ``--hela``): a few
+images of each set (the sample's training part; HeLa frames 0, 4, 8) trained from scratch by
+the planner with the last budget, then each fine-tuned (``--from``, the planner's fine-tune
+plan, ``--finetune-budget``, default 2m) from the other set's model on the same few images.
+Prints a table (wall time of training, held-out foreground IoU and nuclei F1@0.5, mean over
+test images) and ``RESULT`` lines: the planner's F1 over the hand recipe's, a fine-tune's
+F1 over the from-scratch run's.
 """
 
 import argparse
@@ -109,15 +113,50 @@ def benchmark(label, data, budgets, runs, root):
     return results
 
 
+def finetune(hela_folder, budget, finetune_budget, root):
+    """Each set from scratch on a few images within ``budget``, then fine-tuned from the other
+    set's model within ``finetune_budget``; the same few images and test images for both."""
+    sets = {"sample": sample_set(), "hela": hela_set(hela_folder)}
+    (hela_images, hela_masks), hela_test = sets["hela"]
+    sets["hela"] = (([hela_images[i] for i in (0, 4, 8)], [hela_masks[i] for i in (0, 4, 8)]),
+                    hela_test)
+    print(f"\nfine-tuning: {budget} from scratch against {finetune_budget} from the other set")
+    print(f"{'run':<34} {'training':>10} {'IoU':>10} {'F1@0.5':>8} {'mAP':>8}")
+    scratch, folders = {}, {}
+    for label, (train, test) in sets.items():
+        plan = make_plan(*train, budget)
+        config = plan.config(out=str(root / f"{label}-scratch"))
+        scratch[label] = run(f"{label}: from scratch, {budget}", config, train, test, plan)
+        folders[label] = config.out
+    for label, other in (("sample", "hela"), ("hela", "sample")):
+        train, test = sets[label]
+        plan = make_plan(*train, finetune_budget, overrides={"start_from": folders[other]})
+        config = plan.config(out=str(root / f"{label}-from-{other}"))
+        tuned = run(f"{label}: from {other}, {finetune_budget}", config, train, test, plan)
+        base = scratch[label]
+        print(f"RESULT {label} fine-tuned from {other} in {finetune_budget} vs from scratch in "
+              f"{budget}: ratio={tuned['f1'] / base['f1']:.2f}x (baseline F1 {base['f1']:.3f} "
+              f"IoU {base['iou']:.3f} in {base['seconds']:.0f} s, ours F1 {tuned['f1']:.3f} IoU "
+              f"{tuned['iou']:.3f} in {tuned['seconds']:.0f} s)", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hela", help="folder holding the Fluo_Hela_02 files (see docstring)")
     parser.add_argument("--budgets", nargs="+", default=["2m", "5m", "10m"])
-    parser.add_argument("--runs", nargs="+", choices=("plan", "recipe", "paper"),
+    parser.add_argument("--finetune-budget", default="2m")
+    parser.add_argument("--runs", nargs="+", choices=("plan", "recipe", "paper", "finetune"),
                         default=["plan", "recipe"], help="what to train (paper: slow)")
     parser.add_argument("--skip-sample", action="store_true", help="only the Fluo-HeLa set")
     args = parser.parse_args()
+    if "finetune" in args.runs and not args.hela:
+        parser.error("--runs finetune needs --hela DIR (the second set)")
     with tempfile.TemporaryDirectory() as tmp:
+        if "finetune" in args.runs:
+            finetune(args.hela, args.budgets[-1], args.finetune_budget, Path(tmp))
+            args.runs = [r for r in args.runs if r != "finetune"]
+            if not args.runs:
+                return
         if not args.skip_sample:
             benchmark("sample", sample_set(), args.budgets, args.runs, Path(tmp))
         if args.hela:

@@ -89,3 +89,20 @@ def test_a_bad_source_is_refused_before_any_work(trained_folder, folders, option
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (folders / "out").exists()
+
+
+def test_the_correction_region_is_what_was_edited_and_its_objects():
+    from unet_tf.masks import correction_region
+    original = np.zeros((40, 40), np.int32)
+    original[5:15, 5:15] = 1                       # kept as it was
+    original[20:30, 20:30] = 2                     # a person erases part of it
+    edited = original.copy()
+    edited[20:30, 25:30] = 0
+    edited[2:6, 30:36] = 3                         # and paints a missed object
+    region = correction_region(original, edited, margin=2)
+    assert region[20:30, 20:30].all() and region[2:6, 30:36].all()   # whole objects
+    assert region[18, 22] and not region[17, 22]                     # + the margin
+    assert not region[5:15, 5:15].any()                              # untouched: not learned
+    assert not correction_region(original, original).any()
+    with pytest.raises(ValueError, match="the segmentation was"):
+        correction_region(original, edited[:30])

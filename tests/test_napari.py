@@ -9,6 +9,7 @@ only with an X server (e.g. ``xvfb-run``); where one is found, the viewer is the
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -127,6 +128,71 @@ def test_train_takes_an_unannotated_label_and_says_when_nothing_was_learned(view
     qtbot.waitUntil(lambda: train.run.enabled, timeout=WAIT)
 
 
+@pytest.fixture(scope="module")
+def weak_folder(tmp_path_factory, sample):
+    """A model trained for a few dozen steps: it finds the nuclei badly."""
+    from unet_tf import UNet
+    from unet_tf.config import TrainConfig
+    image, instances = sample
+    out = tmp_path_factory.mktemp("weak") / "weak"
+    with warnings.catch_warnings():   # "after 30 training steps ... finds almost none"
+        warnings.simplefilter("ignore", UserWarning)
+        UNet.train(TrainConfig(out=str(out), tile_size=188, depth=4, filters=8, dropout=0.0,
+                               epochs=1, steps_per_epoch=30, batch_size=2, optimizer="adam",
+                               learning_rate=1e-3, class_weights=None, val_split=0.0),
+                   [image[:, :256]], [instances[:, :256]], verbose=0)
+    return out
+
+
+@pytest.mark.slow
+def test_correct_and_retrain_improves_the_half_it_never_saw(viewer, qtbot, weak_folder, sample):
+    from unet_tf.metrics import evaluate
+    truth = sample[1]
+    segment = docked(viewer, SegmentWidget)
+    segment.image.value = viewer.layers["nuclei"]
+    segment.model.value = str(weak_folder)
+    segment.segment()
+    qtbot.waitUntil(lambda: segment.segmented is not None, timeout=WAIT)
+    before = evaluate(truth[:, 272:], viewer.layers["nuclei [unet-tf]"].data[:, 272:])["f1"]
+    layer = viewer.layers["nuclei [unet-tf]"]
+    corrected = layer.data.copy()
+    corrected[:, :256] = truth[:, :256]          # the person fixes the left half only
+    layer.data = corrected
+    segment.retrain_budget.value = "30s"
+    segment.retrain()
+    qtbot.waitUntil(lambda: len(segment.round_folders) == 2, timeout=WAIT)
+    source, round1 = segment.round_folders
+    assert source == weak_folder and round1 == weak_folder.parent / "weak-round1"
+    assert str(segment.model.value) == str(round1)             # Segment uses the new round
+    stored = json.loads((round1 / "config.json").read_text())
+    assert stored["training"]["start_from"] == str(weak_folder)
+    assert stored["training"]["ignore_label"] == int(corrected.max()) + 1   # the unchecked rest
+    segment.segment()
+    qtbot.waitUntil(lambda: not segment.job.running and segment.segmented["folder"] == round1,
+                    timeout=WAIT)
+    after = evaluate(truth[:, 272:], viewer.layers["nuclei [unet-tf]"].data[:, 272:])["f1"]
+    print(f"F1@0.5 on the unseen right half: {before:.3f} -> {after:.3f}")
+    assert after > before + 0.05, (before, after)
+    segment.rounds.value = str(weak_folder)                    # back to an earlier round
+    assert str(segment.model.value) == str(weak_folder)
+
+
+def test_retrain_without_a_correction_says_so(viewer, qtbot, trained_folder):
+    segment = docked(viewer, SegmentWidget)
+    errors = len(errors_shown())
+    segment.retrain()
+    assert "segment an image first" in errors_shown()[-1]
+    segment.image.value = viewer.layers["nuclei"]
+    segment.model.value = str(trained_folder)
+    segment.segment()
+    qtbot.waitUntil(lambda: segment.segmented is not None, timeout=WAIT)
+    qtbot.waitUntil(lambda: segment.run.enabled, timeout=WAIT)
+    segment.retrain()
+    assert "no correction in 'nuclei [unet-tf]'" in errors_shown()[-1]
+    assert len(errors_shown()) == errors + 2 and not any(
+        p.name.endswith("-round1") for p in trained_folder.parent.iterdir())
+
+
 def test_evaluate_scores_a_perfect_and_a_merged_prediction(viewer):
     truth = viewer.layers["nuclei labels"].data
     merged = truth.copy()
@@ -189,3 +255,9 @@ def test_bad_input_shows_a_message_and_changes_no_layer(viewer, qtbot, tmp_path,
     evaluate.truth.value = evaluate.prediction.value = viewer.layers["nuclei labels"]
     evaluate.evaluate()
     assert "two different" in errors_shown()[-1]
+    train = docked(viewer, TrainWidget)                         # fine-tune from a non-model
+    train.image.value, train.labels.value = viewer.layers["nuclei"], viewer.layers["nuclei labels"]
+    train.out.value = str(tmp_path / "never")
+    train.start_from.value = str(tmp_path)
+    train.train()
+    assert "cannot fine-tune" in errors_shown()[-1] and not (tmp_path / "never").exists()

@@ -50,3 +50,21 @@ def as_instances(mask, name="mask"):
     if values.size and values.min() == values.max():
         return ndi.label(mask > 0)[0].astype(np.int32)
     return mask.astype(np.int32)
+
+
+def correction_region(original, edited, margin=8):
+    """Where a person corrected a label image: every object, before or after, with a changed
+    pixel, and ``margin`` px around it (the background next to a fixed object was looked at
+    too). Boolean ``YX``; all False when nothing changed. Training on a correction marks the
+    rest unannotated (see :func:`split_ignored`): it was not checked."""
+    original, edited = check_mask(original, "original labels"), check_mask(edited, "labels")
+    if original.shape != edited.shape:
+        raise ValueError(f"the labels are {edited.shape}, the segmentation was {original.shape}")
+    changed = original != edited
+    if not changed.any():
+        return changed
+    region = changed.copy()
+    for labels in (original, edited):
+        touched = np.unique(labels[changed])
+        region |= np.isin(labels, touched[touched > 0])
+    return ndi.binary_dilation(region, iterations=margin) if margin else region

@@ -153,6 +153,7 @@ class SegmentWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
+        self.segmented, self.round_folders, self.state = None, [], None
         self.image = ComboBox(label="image", choices=self._images)
         self.model = FileEdit(label="model folder", mode="d", value="")
         self.model.tooltip = "empty: the bundled demo model (trained once, ~2 min, then cached)"
@@ -161,11 +162,22 @@ class SegmentWidget(Container):
         self.run = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel")
         self.bar = ProgressBar(value=0, max=1, label="progress")
+        # correct and retrain: edit the Labels layer Segment made, then fine-tune on the edits
+        self.all_correct = CheckBox(text="the corrected frames are right everywhere", value=False)
+        self.all_correct.tooltip = ("off: only what you edited (and 8 px around it) is learned; "
+                                    "on: every pixel of each edited frame is")
+        self.retrain_budget = LineEdit(label="retrain budget", value="1m")
+        self.retrain_button = PushButton(text="Retrain on my corrections")
+        self.rounds = ComboBox(label="model rounds", choices=self._round_choices)
         self.extend([self.image, self.model, self.probabilities, self.run, self.cancel_button,
-                     self.bar, self.info])
+                     self.bar, self.info, self.all_correct, self.retrain_budget,
+                     self.retrain_button, self.rounds])
         self.job = _Job(self.run, self.cancel_button, self.bar)
+        self.retrain_job = _Job(self.retrain_button, self.cancel_button, self.bar)
         self.run.changed.connect(self.segment)
+        self.retrain_button.changed.connect(self.retrain)
         self.model.changed.connect(self._describe)
+        self.rounds.changed.connect(self._choose_round)
         self._describe()
 
     def _images(self, _=None):
@@ -193,7 +205,7 @@ class SegmentWidget(Container):
 
     def segment(self, _=None):
         """Start segmenting the chosen layer; a Labels layer appears when done."""
-        if self.job.running:
+        if self.job.running or self.retrain_job.running:
             return
         layer = self.image.value
         try:
@@ -209,13 +221,17 @@ class SegmentWidget(Container):
             read_config(folder)   # a broken folder says so here, before the worker starts
         except USER_ERRORS as error:
             return _report(error)
-        self.job.start(_segment, lambda result: self._add(layer, result), folder, frames,
-                       self.probabilities.value)
+        self.job.start(_segment, lambda result: self._add(layer, folder, result), folder,
+                       frames, self.probabilities.value)
 
-    def _add(self, layer, result):
+    def _add(self, layer, folder, result):
         labels, probability = result
         geometry = {"scale": layer.scale[-labels.ndim:], "translate": layer.translate[-labels.ndim:]}
-        self._show(self.viewer.add_labels, f"{layer.name} [unet-tf]", labels, geometry)
+        name = f"{layer.name} [unet-tf]"
+        self._show(self.viewer.add_labels, name, labels, geometry)
+        # what Retrain compares the edited layer with
+        self.segmented = {"image": layer, "labels": name, "original": labels.copy(),
+                          "folder": Path(folder)}
         if probability is not None:
             self._show(self.viewer.add_image, f"{layer.name} probability [unet-tf]", probability,
                        {**geometry, "colormap": "magma", "blending": "additive", "opacity": 0.5})
@@ -229,6 +245,96 @@ class SegmentWidget(Container):
             self.viewer.layers[name].data = data
         else:
             add(data, name=name, metadata={"unet-tf": True}, **options)
+
+
+    # ------------------------------------------------------------------- correct, retrain
+
+    def _round_choices(self, _=None):
+        return [str(folder) for folder in self.round_folders]
+
+    def _choose_round(self, value):
+        if value and str(self.model.value) != value:
+            self.model.value = value
+
+    def _corrections(self):
+        """``(frames, masks, ignore_label)``: the edited frames of the last segmentation and
+        their corrected labels, what nobody checked marked with an unused value."""
+        from unet_tf.masks import correction_region
+        done = self.segmented
+        if done is None:
+            raise ValueError("segment an image first, correct the labels layer it adds "
+                             "(paint, erase, fill), then retrain")
+        if done["labels"] not in self.viewer.layers:
+            raise ValueError(f"the labels layer {done['labels']!r} is gone: segment again")
+        edited = [np.asarray(f) for f in frames_of(self.viewer.layers[done["labels"]].data,
+                                                   what="labels layer")]
+        original = frames_of(done["original"], what="labels layer")
+        frames = frames_of(done["image"].data, done["image"].rgb)
+        if len(edited) != len(original) or edited[0].shape != original[0].shape:
+            raise ValueError(f"the labels layer {done['labels']!r} changed shape since "
+                             "Segment: segment again")
+        regions = [correction_region(o, e) for o, e in zip(original, edited)]
+        keep = [i for i, region in enumerate(regions) if region.any()]
+        if not keep:
+            raise ValueError(f"no correction in {done['labels']!r}: edit its labels (paint, "
+                             "erase, fill, split, merge) before retraining")
+        if self.all_correct.value:
+            return [frames[i] for i in keep], [edited[i] for i in keep], None
+        ignore = max(int(e.max()) for e in edited) + 1    # a value no object has
+        masks = [np.where(regions[i], edited[i], ignore) for i in keep]
+        return [frames[i] for i in keep], masks, ignore
+
+    def retrain(self, _=None):
+        """Fine-tune the model that made the segmentation on the corrections, into a new
+        folder (a round); Segment then uses it."""
+        if self.job.running or self.retrain_job.running:
+            return
+        try:
+            frames, masks, ignore = self._corrections()
+            from unet_tf.planner import parse_duration
+            parse_duration(self.retrain_budget.value)
+            source = self.segmented["folder"]
+            out = next_round(source)
+        except USER_ERRORS as error:
+            return _report(error)
+        if not self.round_folders:
+            self.round_folders.append(source)
+        self.state = {"step": 0, "total": 0, "loss": [], "plan": "", "start": time.time()}
+        self.retrain_job.start(_train, self._retrained, frames, masks, out,
+                               self.retrain_budget.value, 0, ignore, self.retrain_job.cancelled,
+                               self.state, source)
+        self._poll()
+
+    def _poll(self):
+        from qtpy.QtCore import QTimer
+        state = self.state
+        if state["total"]:
+            self.bar.max, self.bar.value = state["total"], min(state["step"], state["total"])
+        if state["loss"]:
+            self.info.value = (f"retraining, step {state['step']}: loss "
+                               f"{np.mean(state['loss'][-10:]):.4f} "
+                               f"({time.time() - state['start']:.0f} s)")
+        if self.retrain_job.running:
+            QTimer.singleShot(300, self._poll)
+
+    def _retrained(self, folder):
+        folder = Path(folder)
+        self.round_folders.append(folder)
+        self.rounds.reset_choices()
+        self.rounds.value = str(folder)     # Segment uses the new round from now on
+        self.model.value = str(folder)
+        show_info(f"unet-tf: retrained on your corrections -> {folder}; Segment uses it "
+                  "(earlier rounds stay under 'model rounds')")
+
+
+def next_round(folder):
+    """A new folder beside ``folder`` for the next correct-and-retrain round: NAME-round1,
+    NAME-round2, ... (NAME without its own round suffix); nothing is overwritten."""
+    folder = Path(folder)
+    base = folder.name.split("-round")[0]
+    taken = [int(p.name.rsplit("-round", 1)[1]) for p in folder.parent.glob(f"{base}-round*")
+             if p.name.rsplit("-round", 1)[1].isdigit()]
+    return folder.parent / f"{base}-round{max(taken, default=0) + 1}"
 
 
 # --------------------------------------------------------------------------- Train
@@ -247,14 +353,19 @@ def _stop_on_cancel(cancelled, state):
     return Progress()
 
 
-def _train(frames, masks, out, budget, steps, ignore_label, cancelled, state):
-    """Plan and train (in a worker); returns the model folder."""
+def _train(frames, masks, out, budget, steps, ignore_label, cancelled, state, start_from=None):
+    """Plan and train (in a worker), from scratch or fine-tuning ``start_from``; returns the
+    model folder."""
     from unet_tf import UNet
     from unet_tf.planner import configure_run
     given = {"epochs": 1, "steps_per_epoch": steps, "val_split": 0.0} if steps else {}
     if ignore_label:
         given["ignore_label"] = ignore_label
-    config, plan = configure_run(frames, masks, given, budget, fixed={"out": str(out)})
+    if start_from:
+        given["start_from"] = str(start_from)
+    # a short retrain budget on a slow machine is raised to the shortest useful run
+    config, plan = configure_run(frames, masks, given, budget, fixed={"out": str(out)},
+                                 at_least_minimum=bool(start_from))
     state["plan"] = plan.table()
     state["total"] = config.epochs * config.steps_per_epoch
     UNet.train(config, frames, masks, overwrite=True, verbose=0, plan=plan,
@@ -276,13 +387,17 @@ class TrainWidget(Container):
         self.ignore = SpinBox(label="unannotated label (0: none)", value=0, min=0, max=2**31 - 1)
         self.ignore.tooltip = ("the label painted where nobody annotated: those pixels are "
                                "neither learned nor scored (partial annotations)")
+        self.start_from = FileEdit(label="fine-tune from", mode="d", value="")
+        self.start_from.tooltip = ("empty: from scratch; a model folder: start from its weights "
+                                   "(planned with fewer steps and a lower learning rate)")
         self.run = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel")
         self.bar = ProgressBar(value=0, max=1, label="steps")
         self.loss = Label(value="")
         self.plan = TextEdit(value="", label="plan")
         self.extend([self.image, self.labels, self.out, self.budget, self.steps, self.ignore,
-                     self.run, self.cancel_button, self.bar, self.loss, self.plan])
+                     self.start_from, self.run, self.cancel_button, self.bar, self.loss,
+                     self.plan])
         self.job = _Job(self.run, self.cancel_button, self.bar)
         self.run.changed.connect(self.train)
         self.state = None
@@ -313,12 +428,17 @@ class TrainWidget(Container):
                 show_info(f"unet-tf: {out} holds a model; training replaces it")
             from unet_tf.planner import parse_duration
             parse_duration(self.budget.value)
+            source = str(self.start_from.value).strip()
+            source = None if source in ("", ".") else Path(source)
+            if source is not None:
+                from unet_tf.model_folder import fine_tune_source
+                fine_tune_source(source, frames[0].shape[2] if frames[0].ndim == 3 else 1)
         except USER_ERRORS as error:
             return _report(error)
         self.state = {"step": 0, "total": 0, "loss": [], "plan": "", "start": time.time()}
         self.job.start(_train, self._done, frames, masks, out, self.budget.value,
                        self.steps.value, self.ignore.value or None, self.job.cancelled,
-                       self.state)
+                       self.state, source)
         self._poll()
 
     def _poll(self):
