@@ -3,7 +3,8 @@ import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # napari widget tests: no display needed
+if not os.environ.get("DISPLAY"):   # napari widget tests: offscreen without a display (Xvfb)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np
 import pytest
