@@ -55,7 +55,10 @@ def test_the_plan_of_a_fine_tune(trained_folder, sample):
     s = plan.settings
     assert (s["depth"], s["filters"], s["upsampling"]) == (4, 8, "transpose")   # the source's
     assert s["learning_rate"] == 1e-4 and "tenth" in plan.reasons["learning_rate"]
-    assert s["target"] == "foreground" and s["normalization"]["method"] == "percentile"
+    assert s["normalization"]["method"] == "percentile"                  # the source's
+    # the target is planned for this data (29 % of the sample's nuclei touch: boundary); the
+    # source's foreground head is then replaced
+    assert s["target"] == "boundary" and "a new head" in plan.reasons["target"]
     assert plan.time_budget == 120.0            # a fine-tune's default budget on a CPU
     assert plan.start_from["weights_sha256"] == hashlib.sha256(
         (trained_folder / "model.keras").read_bytes()).hexdigest()

@@ -30,12 +30,12 @@ import numpy as np
 
 from .config import MIN_STEPS, TrainConfig
 from .images import check_image, normalization_for
+from .masks import as_instances, split_ignored
 from .memory import GIB, available_bytes
 from .model_folder import ModelConfig, fine_tune_source, weights_digest
 from .overlap_tile import percentiles
 from .sampling import expected_foreground_share, uniform_foreground_share
 from .sizes import input_size_for_output, output_size, size_rule
-from .masks import as_instances, split_ignored
 
 DEFAULT_BUDGET = {"cpu": 600.0, "gpu": 1800.0}   # seconds: 10 min on a laptop, 30 on a GPU
 FINE_TUNE_BUDGET = {"cpu": 120.0, "gpu": 300.0}  # a fine-tune starts from a trained net
@@ -258,39 +258,46 @@ def _architecture(fp, gpu):
     reasons["filters"] = ("a GPU affords twice the CPU width" if gpu else
                           "the paper's 64 costs ~10x the time per step on a CPU; 16 reached "
                           "IoU 0.87-0.88 on held-out nuclei in minutes")
-    # On a CPU, at a fixed budget, more steps beat larger tiles: on Fluo-HeLa 1000 steps of
-    # 188 tiles gave F1 0.888, 420 steps of 252 tiles 0.831, both in ~7.5 minutes.
-    target = int(np.clip(3 * large, 96, 192)) if not gpu else 388
-    needed = min(fp["shape_min"])  # a tile need not be larger than the smallest image needs
-    out = min(target, max(needed, size_rule(depth)[1]))
-    settings["tile_size"] = input_size_for_output(out, depth)
-    capped = " (capped by the image size)" if needed < target else ""
-    reasons["tile_size"] = (f"output {output_size(settings['tile_size'], depth)} px, ~3 objects "
-                            f"across{capped}: on a CPU more steps beat larger tiles" if not gpu
-                            else "the paper's output size (388), for GPU throughput")
+    settings["tile_size"], reasons["tile_size"] = _tile(fp, depth, "transpose", gpu)
     settings["batch_size"] = 8 if gpu else 4
     reasons["batch_size"] = ("GPU throughput" if gpu else
                              "4 tiles: steady gradients, no slower per pixel on 2-8 cores")
     return settings, reasons
 
 
-def _fine_tune(fp, source, folder, images, gpu):
+def _tile(fp, depth, upsampling, gpu):
+    """The training tile for this data's objects, with its reason."""
+    # On a CPU, at a fixed budget, more steps beat larger tiles: on Fluo-HeLa 1000 steps of
+    # 188 tiles gave F1 0.888, 420 steps of 252 tiles 0.831, both in ~7.5 minutes.
+    target = int(np.clip(3 * fp["diameter_p5_p50_p95"][2], 96, 192)) if not gpu else 388
+    needed = min(fp["shape_min"])  # a tile need not be larger than the smallest image needs
+    out = min(target, max(needed, size_rule(depth, upsampling)[1]))
+    tile = input_size_for_output(out, depth, upsampling)
+    capped = " (capped by the image size)" if needed < target else ""
+    return tile, (f"output {output_size(tile, depth, upsampling)} px, ~3 objects across{capped}:"
+                  " on a CPU more steps beat larger tiles" if not gpu
+                  else "the paper's output size (388), for GPU throughput")
+
+
+def _fine_tune(fp, source, folder, images, gpu, planned_target, reasons):
     """What a fine-tune from ``source`` (a :class:`~unet_tf.model_folder.ModelConfig`) takes
-    over, with reasons: the architecture (its weights need it), the target (its head carries
-    over), the normalisation (its weights expect it) unless this data rules it out, a lower
-    learning rate; the tile is planned for this data's objects at the source's depth."""
+    over, with reasons (``reasons``: the plan's so far, extended): the architecture (its weights
+    need it), the normalisation (its weights expect it) unless this data rules it out, the
+    classes of a class-id source; a lower learning rate. The target stays planned for this
+    data's objects (a new head where it differs from the source's: the planner's rule on
+    touching objects held on both real sets), the tile too, at the source's depth."""
     a = source.architecture
     settings = {name: getattr(a, name) for name in ("depth", "filters", "upsampling", "dropout")}
-    reasons = {name: f"the source's ({folder}): its weights need it" for name in settings}
-    large = fp["diameter_p5_p50_p95"][2]
-    target_out = int(np.clip(3 * large, 96, 192)) if not gpu else 388
-    out = min(target_out, max(min(fp["shape_min"]), size_rule(a.depth, a.upsampling)[1]))
-    settings["tile_size"] = input_size_for_output(out, a.depth, a.upsampling)
-    reasons["tile_size"] = (f"output {output_size(settings['tile_size'], a.depth, a.upsampling)}"
-                            " px, ~3 objects across, at the source's depth")
-    settings["target"], settings["num_classes"] = source.training.target, a.num_classes
-    settings["class_names"] = list(source.class_names)
-    reasons["target"] = "the source's: its classifier head carries over"
+    reasons.update({name: f"the source's ({folder}): its weights need it" for name in settings})
+    settings["tile_size"], reasons["tile_size"] = _tile(fp, a.depth, a.upsampling, gpu)
+    if source.training.target == "classes":   # class ids: the source's classes, its head
+        settings["target"], settings["num_classes"] = "classes", a.num_classes
+        settings["class_names"] = list(source.class_names)
+        reasons["target"] = "the source's classes: its classifier head carries over"
+    elif source.training.target != planned_target:
+        reasons["target"] += f" (a new head: the source's is for {source.training.target})"
+    else:
+        reasons["target"] += " (the source's too: its head carries over)"
     settings["normalization"] = dict(source.normalization)
     reasons["normalization"] = "the source's: its weights expect images scaled so"
     if source.normalization["method"] == "dataset":
@@ -305,7 +312,7 @@ def _fine_tune(fp, source, folder, images, gpu):
     settings["learning_rate"] = FINE_TUNE_RATE
     reasons["learning_rate"] = ("Adam at a tenth of the from-scratch rate: adapt, keep what "
                                 "the source learned")
-    return settings, reasons
+    return settings
 
 
 def _normalization(fp):
@@ -469,13 +476,12 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
     source = overrides.get("start_from")
     if source:
         source_config = fine_tune_source(source, fp["channels"], overrides)
-        more, why = _fine_tune(fp, source_config, source, images, gpu)
-        settings.update(more)
-        reasons.update(why)
-    if source and {"target", "num_classes", "class_names"} & set(overrides):
-        for name in ("target", "num_classes", "class_names"):   # other classes: a new head
-            if name not in overrides:
-                settings.pop(name, None)
+        settings.update(_fine_tune(fp, source_config, source, images, gpu,
+                                   settings["target"], reasons))
+        if {"target", "num_classes", "class_names"} & set(overrides):   # a new head
+            for name in ("target", "num_classes", "class_names"):
+                if name not in overrides:
+                    settings.pop(name, None)
     for name, value in overrides.items():
         settings[name] = value
         reasons[name] = "given"

@@ -23,14 +23,13 @@ import numpy as np
 from . import overlap_tile
 from .backend import keras, limit_threads
 from .images import check_image
+from .instances import label_image
+from .masks import split_ignored
 from .memory import BATCH_SIZE, inference_budget, inference_tile_size
 from .metrics import evaluate as evaluate_image
 from .model_folder import EXPORT_DIR, LITERT_KINDS, RUNTIMES, load_model_folder, read_config
-from .instances import label_image
 from .sizes import output_size, size_rule
 from .tiling import OUTPUTS, predict_tiled, tile_count
-from .masks import split_ignored
-
 
 
 class UNet:
