@@ -3,8 +3,7 @@ import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-if not os.environ.get("DISPLAY"):   # napari widget tests: offscreen without a display (Xvfb)
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # napari widget tests: no display needed
 
 import numpy as np
 import pytest

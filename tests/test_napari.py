@@ -76,9 +76,6 @@ def test_segment_gives_labels_of_the_image_shape(viewer, qtbot, trained_folder):
     assert viewer.layers["nuclei probability [unet-tf]"].data.shape == labels.shape
     assert len(np.unique(viewer.layers["nuclei labels"].data)) == 126  # annotations untouched
     qtbot.waitUntil(lambda: widget.run.enabled, timeout=WAIT)
-    if hasattr(viewer, "window"):   # the real viewer (Xvfb in CI): its canvas renders the layers
-        shot = viewer.screenshot(canvas_only=True)
-        assert shot.shape[-1] == 4 and shot[..., :3].std() > 10
 
 
 @pytest.mark.slow
