@@ -54,11 +54,15 @@ def test_the_plan_of_a_fine_tune(trained_folder, sample):
         "start_from": str(trained_folder)}, step_timer=lambda config, channels: 0.1)
     s = plan.settings
     assert (s["depth"], s["filters"], s["upsampling"]) == (4, 8, "transpose")   # the source's
-    assert s["learning_rate"] == 1e-4 and "tenth" in plan.reasons["learning_rate"]
     assert s["normalization"]["method"] == "percentile"                  # the source's
     # the target is planned for this data (29 % of the sample's nuclei touch: boundary); the
     # source's foreground head is then replaced
     assert s["target"] == "boundary" and "a new head" in plan.reasons["target"]
+    assert s["learning_rate"] == 1e-3 and "random weights" in plan.reasons["learning_rate"]
+    same = make_plan([image[:, :256]], [instances[:, :256]], overrides={
+        "start_from": str(trained_folder), "target": "foreground"},
+        step_timer=lambda config, channels: 0.1)
+    assert same.settings["learning_rate"] == 1e-4 and "tenth" in same.reasons["learning_rate"]
     assert plan.time_budget == 120.0            # a fine-tune's default budget on a CPU
     assert plan.start_from["weights_sha256"] == hashlib.sha256(
         (trained_folder / "model.keras").read_bytes()).hexdigest()

@@ -160,7 +160,8 @@ def test_correct_and_retrain_improves_the_half_it_never_saw(viewer, qtbot, weak_
     layer.data = corrected
     segment.retrain_budget.value = "30s"
     segment.retrain()
-    qtbot.waitUntil(lambda: len(segment.round_folders) == 2, timeout=WAIT)
+    qtbot.waitUntil(lambda: not segment.retrain_job.running, timeout=WAIT)
+    assert len(segment.round_folders) == 2, (errors_shown("WARNING") + errors_shown())[-2:]
     source, round1 = segment.round_folders
     assert source == weak_folder and round1 == weak_folder.parent / "weak-round1"
     assert str(segment.model.value) == str(round1)             # Segment uses the new round

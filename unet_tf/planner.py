@@ -309,9 +309,12 @@ def _fine_tune(fp, source, folder, images, gpu, planned_target, reasons):
             reasons["normalization"] = (
                 f"the source's dataset range {lo:g}..{hi:g} covers {100 * overlap:.0f} % of "
                 f"this data's {here[0]:g}..{here[1]:g}: each image is stretched on its own")
-    settings["learning_rate"] = FINE_TUNE_RATE
-    reasons["learning_rate"] = ("Adam at a tenth of the from-scratch rate: adapt, keep what "
-                                "the source learned")
+    if source.training.target == settings.get("target", planned_target):
+        settings["learning_rate"] = FINE_TUNE_RATE
+        reasons["learning_rate"] = ("Adam at a tenth of the from-scratch rate: adapt, keep "
+                                    "what the source learned")
+    else:
+        reasons["learning_rate"] += " (a new head starts from random weights)"
     return settings
 
 
@@ -477,7 +480,7 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
     if source:
         source_config = fine_tune_source(source, fp["channels"], overrides)
         settings.update(_fine_tune(fp, source_config, source, images, gpu,
-                                   settings["target"], reasons))
+                                   overrides.get("target", settings["target"]), reasons))
         if {"target", "num_classes", "class_names"} & set(overrides):   # a new head
             for name in ("target", "num_classes", "class_names"):
                 if name not in overrides:

@@ -302,7 +302,7 @@ class SegmentWidget(Container):
         self.state = {"step": 0, "total": 0, "loss": [], "plan": "", "start": time.time()}
         self.retrain_job.start(_train, self._retrained, frames, masks, out,
                                self.retrain_budget.value, 0, ignore, self.retrain_job.cancelled,
-                               self.state, source)
+                               self.state, source, True)
         self._poll()
 
     def _poll(self):
@@ -353,9 +353,10 @@ def _stop_on_cancel(cancelled, state):
     return Progress()
 
 
-def _train(frames, masks, out, budget, steps, ignore_label, cancelled, state, start_from=None):
-    """Plan and train (in a worker), from scratch or fine-tuning ``start_from``; returns the
-    model folder."""
+def _train(frames, masks, out, budget, steps, ignore_label, cancelled, state, start_from=None,
+           retrain=False):
+    """Plan and train (in a worker), from scratch or fine-tuning ``start_from`` (``retrain``:
+    on corrections of its own segmentation); returns the model folder."""
     from unet_tf import UNet
     from unet_tf.planner import configure_run
     given = {"epochs": 1, "steps_per_epoch": steps, "val_split": 0.0} if steps else {}
@@ -363,6 +364,11 @@ def _train(frames, masks, out, budget, steps, ignore_label, cancelled, state, st
         given["ignore_label"] = ignore_label
     if start_from:
         given["start_from"] = str(start_from)
+    if retrain:   # corrections of the source's own output: its target and classes, its head
+        from unet_tf.model_folder import read_config
+        source = read_config(start_from)
+        given.update(target=source.target, num_classes=source.architecture.num_classes,
+                     class_names=list(source.class_names))
     # a short retrain budget on a slow machine is raised to the shortest useful run
     config, plan = configure_run(frames, masks, given, budget, fixed={"out": str(out)},
                                  at_least_minimum=bool(start_from))
