@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from unet_tf import UNet
-from unet_tf.config import TrainConfig
+from unet_tf.config import ADDED, TrainConfig
 from unet_tf.model_folder import (FORMAT_VERSION, Architecture, ModelConfig, read_config,
                                   update_config)
 
@@ -42,7 +42,7 @@ def test_reading_format1_then_writing_gives_the_current_format(tmp_path):
     for key in ("architecture", "tile_size", "output_size", "class_names", "normalization",
                 "postprocessing", "plan", "data", "created", "unet_tf_version"):
         assert new[key] == old[key], key     # what the kit in export/ reads is unchanged
-    assert new["training"] == old["training"]
+    assert new["training"] == {**ADDED, **old["training"]}   # settings added since: defaults
     assert read_config(folder) == config and config.sampling == {"note": "rewritten"}
 
 
