@@ -128,8 +128,8 @@ def export_bioimageio(model, config, path, onnx=True):
         rdf = {
             "type": "model", "format_version": "0.5.4",
             "name": f"unet-tf U-Net {Path(config.training.out).name}",
-            "description": (f"U-Net (depth {a['depth']}, {a['filters']} filters, "
-                            f"{a['upsampling']}) for {a['num_classes']}-class segmentation, "
+            "description": (f"U-Net (depth {a.depth}, {a.filters} filters, "
+                            f"{a.upsampling}) for {a.num_classes}-class segmentation, "
                             f"trained with unet-tf {config.versions.get('unet_tf') or __version__}"),
             "authors": [{"name": "unet-tf"}],
             "cite": [UNET_PAPER],
@@ -180,8 +180,8 @@ def _documentation(config, smallest, step, shrink):
     a = config.architecture
     return f"""# U-Net exported by unet-tf
 
-U-Net (Ronneberger et al. 2015) with valid 3x3 convolutions: depth {a['depth']},
-{a['filters']} filters, `{a['upsampling']}` up-sampling, {a['num_classes']} classes
+U-Net (Ronneberger et al. 2015) with valid 3x3 convolutions: depth {a.depth},
+{a.filters} filters, `{a.upsampling}` up-sampling, {a.num_classes} classes
 ({', '.join(config.class_names)}).
 
 * Input: any size `{smallest} + k*{step}` per spatial axis; {_normalization_text(config.normalization)}
