@@ -273,16 +273,19 @@ def read_config(folder):
     return config_from_file(folder / CONFIG_FILE)
 
 
-def config_from_file(path):
-    """The :class:`ModelConfig` in the ``config.json`` at ``path``."""
-    path = Path(path)
+def read_json(path):
+    """The JSON value in the file at ``path``; a missing file or broken JSON says which."""
     try:
-        values = json.loads(path.read_text())
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
-    return ModelConfig.from_dict(values, source=str(path))
+
+
+def config_from_file(path):
+    """The :class:`ModelConfig` in the ``config.json`` at ``path``."""
+    return ModelConfig.from_dict(read_json(path), source=str(path))
 
 
 def write_config(folder, config):

@@ -19,7 +19,6 @@ Rules, and the measurements behind them (2 CPU cores, held-out real nuclei):
 """
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -32,7 +31,7 @@ from .config import MIN_STEPS, TrainConfig
 from .images import check_image, normalization_for
 from .masks import as_instances, split_ignored
 from .memory import GIB, available_bytes
-from .model_folder import ModelConfig, fine_tune_source, weights_digest
+from .model_folder import ModelConfig, fine_tune_source, read_json, weights_digest
 from .overlap_tile import percentiles
 from .sampling import expected_foreground_share, uniform_foreground_share
 from .sizes import input_size_for_output, output_size, size_rule
@@ -555,7 +554,7 @@ def repeat_run(config_json, given=None, fixed=None):
     ``config.json``: its training settings and data folders, with ``given`` and ``fixed``
     (``out``; ``images``/``masks`` folders, where not ``None``) over them."""
     from .io import load_pairs
-    stored = _read_json(config_json)
+    stored = read_json(config_json)
     if not isinstance(stored, dict) or "training" not in stored:
         raise ValueError(f"{config_json} has no 'training' settings: pass a model folder's "
                          "config.json")
@@ -572,12 +571,3 @@ def _with_normalization(settings, images):
     if not isinstance(settings.get("normalization"), str):
         return settings
     return {**settings, "normalization": normalization_for(settings["normalization"], images)}
-
-
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None

@@ -134,12 +134,18 @@ def predict_tiled(model, image, tile_size=None, batch_size=BATCH_SIZE, output="p
     corners = tile_grid(image.shape, tile_size, depth, upsampling)[1]
     check_fits(tile_size, min(batch_size, len(corners)), False, depth, _filters(model), upsampling,
                channels, model.output_shape[-1])
-    bar = progress if isinstance(progress, keras.utils.Progbar) else (
-        keras.utils.Progbar(len(corners), unit_name="tile") if progress else None)
     return overlap_tile.predict_image(
         image, forward(model, output), tile_size, output_size(tile_size, depth, upsampling),
         size_rule(depth, upsampling)[1], normalization, batch_size,
-        on_batch=bar.add if bar else None)
+        on_batch=tile_progress(progress, len(corners)))
+
+
+def tile_progress(progress, tiles):
+    """The ``on_batch`` callback of a prediction's ``progress`` argument: the given
+    ``keras.utils.Progbar``, a new one over ``tiles`` tiles for ``True``, else ``None``."""
+    bar = progress if isinstance(progress, keras.utils.Progbar) else (
+        keras.utils.Progbar(tiles, unit_name="tile") if progress else None)
+    return bar.add if bar else None
 
 
 def tile_count(image_shape, tile_size, depth=5, upsampling="transpose"):

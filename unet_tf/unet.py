@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import overlap_tile
-from .backend import keras, limit_threads
+from .backend import limit_threads
 from .images import check_image
 from .instances import label_image
 from .masks import split_ignored
@@ -29,7 +29,7 @@ from .memory import BATCH_SIZE, inference_budget, inference_tile_size
 from .metrics import evaluate as evaluate_image
 from .model_folder import EXPORT_DIR, LITERT_KINDS, RUNTIMES, load_model_folder, read_config
 from .sizes import output_size, size_rule
-from .tiling import OUTPUTS, predict_tiled, tile_count
+from .tiling import OUTPUTS, predict_tiled, tile_count, tile_progress
 
 
 class UNet:
@@ -177,13 +177,12 @@ class UNet:
         if image.shape[2] != self.channels:
             raise ValueError(f"image has {image.shape[2]} channels, the model expects "
                              f"{self.channels}")
-        bar = progress if isinstance(progress, keras.utils.Progbar) else (
-            keras.utils.Progbar(self.tile_count(image.shape, tile_size), unit_name="tile")
-            if progress else None)
         a = self.config.architecture
+        on_batch = tile_progress(progress, self.tile_count(image.shape, tile_size)) \
+            if progress else None
         probabilities = overlap_tile.predict_image(
             image, self.predict_tiles, tile_size, output_size(tile_size, a.depth, a.upsampling),
-            self.period, self.normalization, 1, on_batch=bar.add if bar else None)
+            self.period, self.normalization, 1, on_batch=on_batch)
         return as_output(probabilities, output)
 
     def predict_window(self, image, value_range, window):

@@ -299,23 +299,11 @@ class SegmentWidget(Container):
             return _report(error)
         if not self.round_folders:
             self.round_folders.append(source)
-        self.state = {"step": 0, "total": 0, "loss": [], "plan": "", "start": time.time()}
+        self.state = _training_state()
         self.retrain_job.start(_train, self._retrained, frames, masks, out,
                                self.retrain_budget.value, 0, ignore, self.retrain_job.cancelled,
                                self.state, source, True)
-        self._poll()
-
-    def _poll(self):
-        from qtpy.QtCore import QTimer
-        state = self.state
-        if state["total"]:
-            self.bar.max, self.bar.value = state["total"], min(state["step"], state["total"])
-        if state["loss"]:
-            self.info.value = (f"retraining, step {state['step']}: loss "
-                               f"{np.mean(state['loss'][-10:]):.4f} "
-                               f"({time.time() - state['start']:.0f} s)")
-        if self.retrain_job.running:
-            QTimer.singleShot(300, self._poll)
+        _follow_training(self.state, self.retrain_job, self.bar, self.info, "retraining, ")
 
     def _retrained(self, folder):
         folder = Path(folder)
@@ -351,6 +339,26 @@ def _stop_on_cancel(cancelled, state):
                 self.model.stop_training = True
 
     return Progress()
+
+
+def _training_state():
+    """What a training worker reports to its widget (see :func:`_stop_on_cancel`)."""
+    return {"step": 0, "total": 0, "loss": [], "plan": "", "start": time.time()}
+
+
+def _follow_training(state, job, bar, label, prefix="", plan=None):
+    """Show a training worker's ``state`` while ``job`` runs, every 300 ms: steps in ``bar``,
+    the recent loss and the time in ``label``, the plan table in ``plan`` (a text box)."""
+    from qtpy.QtCore import QTimer
+    if plan is not None and state["plan"] and not plan.value:
+        plan.value = state["plan"]
+    if state["total"]:
+        bar.max, bar.value = state["total"], min(state["step"], state["total"])
+    if state["loss"]:
+        label.value = (f"{prefix}step {state['step']}: loss {np.mean(state['loss'][-10:]):.4f} "
+                       f"({time.time() - state['start']:.0f} s)")
+    if job.running:
+        QTimer.singleShot(300, lambda: _follow_training(state, job, bar, label, prefix, plan))
 
 
 def _train(frames, masks, out, budget, steps, ignore_label, cancelled, state, start_from=None,
@@ -441,26 +449,11 @@ class TrainWidget(Container):
                 fine_tune_source(source, frames[0].shape[2] if frames[0].ndim == 3 else 1)
         except USER_ERRORS as error:
             return _report(error)
-        self.state = {"step": 0, "total": 0, "loss": [], "plan": "", "start": time.time()}
+        self.state = _training_state()
         self.job.start(_train, self._done, frames, masks, out, self.budget.value,
                        self.steps.value, self.ignore.value or None, self.job.cancelled,
                        self.state, source)
-        self._poll()
-
-    def _poll(self):
-        """Refresh the plan, bar and loss from the worker's state while it runs."""
-        from qtpy.QtCore import QTimer
-        state = self.state
-        if state["plan"] and not self.plan.value:
-            self.plan.value = state["plan"]
-        if state["total"]:
-            self.bar.max, self.bar.value = state["total"], min(state["step"], state["total"])
-        if state["loss"]:
-            recent = state["loss"][-10:]
-            self.loss.value = (f"step {state['step']}: loss {np.mean(recent):.4f} "
-                               f"({time.time() - state['start']:.0f} s)")
-        if self.job.running:
-            QTimer.singleShot(300, self._poll)
+        _follow_training(self.state, self.job, self.bar, self.loss, plan=self.plan)
 
     def _done(self, folder):
         self.trained = Path(folder)
