@@ -350,6 +350,8 @@ def _follow_training(state, job, bar, label, prefix="", plan=None):
     """Show a training worker's ``state`` while ``job`` runs, every 300 ms: steps in ``bar``,
     the recent loss and the time in ``label``, the plan table in ``plan`` (a text box)."""
     from qtpy.QtCore import QTimer
+    if not job.running:   # finished: the widget's own message (e.g. "cancelled") stays
+        return
     if plan is not None and state["plan"] and not plan.value:
         plan.value = state["plan"]
     if state["total"]:
@@ -357,8 +359,7 @@ def _follow_training(state, job, bar, label, prefix="", plan=None):
     if state["loss"]:
         label.value = (f"{prefix}step {state['step']}: loss {np.mean(state['loss'][-10:]):.4f} "
                        f"({time.time() - state['start']:.0f} s)")
-    if job.running:
-        QTimer.singleShot(300, lambda: _follow_training(state, job, bar, label, prefix, plan))
+    QTimer.singleShot(300, lambda: _follow_training(state, job, bar, label, prefix, plan))
 
 
 def _train(frames, masks, out, budget, steps, ignore_label, cancelled, state, start_from=None,
