@@ -290,8 +290,12 @@ def test_the_same_seed_gives_the_same_stream_and_first_epoch_loss(tmp_path, samp
         config = TrainConfig(out=str(tmp_path / f"run{run}"), tile_size=188, depth=4, filters=4,
                              epochs=1, steps_per_epoch=3, val_split=0.0, seed=7)
         unet_tf.train(config, [image], [instances], verbose=0)
-        losses.append((tmp_path / f"run{run}" / "history.csv").read_text().splitlines()[1])
-    assert losses[0] == losses[1]
+        row = (tmp_path / f"run{run}" / "history.csv").read_text().splitlines()[1]
+        losses.append([float("nan") if v == "NA" else float(v) for v in row.split(",")])
+    # equal up to float rounding: TensorFlow's thread pool sums a reduction's parts in the order
+    # they finish, so a busy machine can move a metric in its 7th digit (seen in CI: 1.3032008
+    # against 1.3032011)
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5, equal_nan=True)
 
 
 def test_a_diverging_run_stops_with_exit_2_and_a_hint(ws, tmp_path, capsys):
