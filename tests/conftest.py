@@ -3,7 +3,8 @@ import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # napari widget tests: no display needed
+if not os.environ.get("DISPLAY"):   # napari widget tests: Qt without a screen (a real viewer
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # needs one: xvfb-run)
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ def sample():
 
 @pytest.fixture(autouse=True)
 def _seed():
-    import keras
+    from unet_tf.backend import keras   # TensorFlow loaded the way unet_tf loads it (backend.py)
     keras.utils.set_random_seed(0)
     np.random.seed(0)
 
