@@ -196,6 +196,33 @@ def test_the_first_name_that_computes_loads_tensorflow_and_the_layers():
         unet_tf.predict_everything
 
 
+TENSORFLOWS_SYMBOLS = """
+import ctypes, sys
+if sys.argv[1] == "llvm-first":   # what napari's llvmpipe drawing does before a plugin loads TF
+    ctypes.CDLL(sys.argv[2])
+import unet_tf.backend
+visible = ctypes.CDLL(None)       # the global scope: what another library's symbols bind to
+for symbol in ("_ZN4llvm2cl6Option11addArgumentEv", "TF_NewStatus"):
+    print(hasattr(visible, symbol))
+print(unet_tf.backend.tf.reduce_sum(unet_tf.backend.tf.ones(3)).numpy())
+"""
+
+
+@pytest.mark.parametrize("order", ["tensorflow-first", "llvm-first"])
+def test_tensorflows_llvm_stays_out_of_the_global_scope(order):
+    """TensorFlow's libraries export their LLVM; in the global scope, Mesa's llvmpipe (napari
+    on Xvfb or a VM) binds to it and crashes, as TF does to Mesa's when napari drew first."""
+    llvm = next((str(p) for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu")
+                 for p in sorted(Path(d).glob("libLLVM*.so*"))), None)
+    if order == "llvm-first" and llvm is None:
+        pytest.skip("no libLLVM on this machine (Debian: apt-get install libllvm15, which "
+                    "Mesa's libgl1-mesa-dri brings)")
+    result = subprocess.run([sys.executable, "-c", TENSORFLOWS_SYMBOLS,
+                             order, llvm or ""], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["False", "False", "3.0"]
+
+
 def test_unet_object_predicts_like_predict_tiled_with_the_folders_settings(trained_folder,
                                                                             sample):
     unet = UNet.from_folder(trained_folder)
