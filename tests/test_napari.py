@@ -94,6 +94,25 @@ def coloured_share(viewer, show):
     return (np.ptp(shot, axis=-1) > 30).mean()   # the grey image and the dark theme: R = G = B
 
 
+def test_the_first_segment_trains_the_demo_model_then_segments(viewer, qtbot, trained_folder,
+                                                                 tmp_path, monkeypatch):
+    """With no model folder chosen, Segment trains the demo model once and then segments
+    (the training is replaced by a copy of a trained folder, to keep the test short)."""
+    from unet_tf.napari_plugin import widgets
+    monkeypatch.setenv("UNET_TF_CACHE", str(tmp_path / "cache"))
+    trained = []
+    monkeypatch.setattr(widgets, "_train_demo_model", lambda folder: trained.append(
+        shutil.copytree(trained_folder, folder, ignore=shutil.ignore_patterns("backup"))))
+    widget = docked(viewer, SegmentWidget)
+    widget.image.value = viewer.layers["nuclei"]
+    assert widget.folder() == tmp_path / "cache" / "demo-model"
+    widget.segment()
+    qtbot.waitUntil(lambda: "nuclei [unet-tf]" in viewer.layers, timeout=WAIT)
+    assert len(trained) == 1 and widget.segmented["folder"] == tmp_path / "cache" / "demo-model"
+    qtbot.waitUntil(lambda: not widget.job.running, timeout=WAIT)
+    assert widget.run.enabled
+
+
 @pytest.mark.slow
 def test_train_writes_a_folder_that_segment_uses_and_evaluate_scores(viewer, qtbot,
                                                                        tmp_path):

@@ -78,8 +78,10 @@ class _Job:
                                _connect={"errored": _report})
         if hasattr(worker, "yielded"):
             worker.yielded.connect(self.show)
-        worker.returned.connect(on_done)
-        worker.finished.connect(self._finished)
+        # the job is over before on_done runs, so that on_done can start the next one (after the
+        # demo model's training, its Segment); the worker's late "finished" then leaves it alone
+        worker.returned.connect(lambda result: (self._finished(worker), on_done(result)))
+        worker.finished.connect(lambda: self._finished(worker))
         self.worker = worker
         self.run.enabled, self.cancel.enabled = False, True
         worker.start()
@@ -95,9 +97,10 @@ class _Job:
         if self.worker is not None and hasattr(self.worker, "yielded"):
             self.worker.quit()
 
-    def _finished(self):
-        self.run.enabled, self.cancel.enabled = True, False
-        self.worker = None
+    def _finished(self, worker):
+        if self.worker is worker:
+            self.run.enabled, self.cancel.enabled = True, False
+            self.worker = None
 
     @property
     def running(self):
