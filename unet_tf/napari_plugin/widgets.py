@@ -71,6 +71,10 @@ class _Job:
         self.cancel.changed.connect(self.stop)
 
     def start(self, function, on_done, *args):
+        # TensorFlow imported here, in Qt's main thread: imported first in one of Qt's pooled
+        # worker threads, its next job in another segfaulted in pybind11's GIL handling
+        # (examples/napari_screenshots.py, Segment then Retrain, on Xvfb)
+        from unet_tf import backend  # noqa: F401
         self.cancelled.clear()
         # errored given here, not connected later: otherwise the worker also re-raises the
         # error in Qt's event loop, beside the notification
