@@ -100,7 +100,8 @@ def test_prediction_and_export_import_no_training_code():
 
 @pytest.mark.parametrize("module", ["", "cli", "sizes", "config", "io", "metrics", "instances",
                                     "images", "planner", "errors", "version", "model_folder",
-                                    "masks", "stitching", "cluster", "chunked", "memory"])
+                                    "masks", "stitching", "cluster", "chunked", "memory",
+                                    "volume_sizes"])
 def test_the_package_the_cli_and_the_pure_modules_import_no_tensorflow(module):
     reached = reached_from(import_graph(top_level_only=True), module) | {module}
     assert "backend" not in reached, f"unet_tf.{module} reaches unet_tf.backend (TensorFlow)"

@@ -6,6 +6,7 @@ Sizes follow :mod:`unet_tf.sizes`; the two custom layers live in :mod:`unet_tf.l
 from .backend import keras
 from .layers import InputSizeCheck, NearestUpsample2x
 from .sizes import check_input_size, crop_amounts, size_rule
+from .volume_sizes import per_axis, axis_crops, axis_rule, check_volume_shape, plan_axes
 
 
 def _conv_block(x, filters, name):
@@ -81,5 +82,76 @@ def build_unet(input_shape=(None, None, 1), num_classes=2, depth=5, filters=64, 
         x = keras.layers.Concatenate(name=f"up{level}_concat")([skip, x])
         x = _conv_block(x, filters * 2 ** level, f"up{level}")
     logits = keras.layers.Conv2D(num_classes, 1, kernel_initializer="he_normal", dtype="float32",
+                                 name="logits")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def build_unet_3d(input_shape=(None, None, None, 1), num_classes=2, plan=None, filters=32,
+                  dropout=0.0, name="unet3d"):
+    """The 3-D U-Net (Cicek et al. 2016): valid convolutions, max-pooling, up-convs and
+    copy-and-crop, with per-axis pools and kernels (:func:`unet_tf.volume_sizes.plan_axes`).
+
+    Args:
+        input_shape: ``(Z, Y, X, C)``; sizes may be ``None``; known ones are checked.
+        num_classes: output channels of the final 1x1x1 conv.
+        plan: ``{"pools": [...], "kernels": [...]}`` per level and axis; default: isotropic
+            voxels, depth 4 (``plan_axes((1, 1, 1), 4)``: 2x2x2 pools, 3x3x3 kernels).
+        filters: channels of the first level; doubled at every level.
+        dropout: rate of the dropout at the bottom (0 disables it).
+
+    Returns:
+        A ``keras.Model`` from ``(B, Z, Y, X, C)`` volumes to logits of the shape
+        :func:`unet_tf.volume_sizes.volume_output_shape` gives, ``num_classes`` channels.
+
+    Example:
+        >>> plan = plan_axes((1.0, 0.2, 0.2), 4, shape=(5, 100, 100))   # 5 slices at 1 um
+        >>> build_unet_3d((5, 100, 100, 1), plan=plan).output_shape
+        (None, 5, 12, 12, 2)
+    """
+    plan = plan or plan_axes((1.0, 1.0, 1.0), 4)
+    rules = [axis_rule(p, k) for p, k in per_axis(plan)]   # validates the plan
+    if len(input_shape) != 4 or len(rules) != 3:
+        raise ValueError(f"input_shape must be (Z, Y, X, C) and the plan 3 axes, got "
+                         f"{input_shape!r} and {len(rules)} axes")
+    if all(s is not None for s in input_shape[:3]):
+        check_volume_shape(tuple(input_shape[:3]), plan)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(filters, int) or filters < 1:
+        raise ValueError(f"filters must be a positive integer, got {filters!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    pools, kernels = plan["pools"], plan["kernels"]
+    crops = list(zip(*[axis_crops(p, k) for p, k in per_axis(plan)]))   # [level][axis]
+    depth = len(kernels)
+
+    def conv_block(x, level, prefix):
+        for i in (1, 2):
+            x = keras.layers.Conv3D(filters * 2 ** level, kernels[level], padding="valid",
+                                    activation="relu", kernel_initializer="he_normal",
+                                    name=f"{prefix}{level}_conv{i}")(x)
+        return x
+
+    inputs = keras.Input(shape=input_shape, name="volume")
+    x, skips = inputs, []
+    for level in range(depth - 1):
+        x = conv_block(x, level, "down")
+        skips.append(x)
+        x = keras.layers.MaxPooling3D(pools[level], name=f"down{level}_pool")(x)
+    x = keras.layers.Conv3D(filters * 2 ** (depth - 1), kernels[-1], activation="relu",
+                            kernel_initializer="he_normal", name="bottom_conv1")(x)
+    x = keras.layers.Conv3D(filters * 2 ** (depth - 1), kernels[-1], activation="relu",
+                            kernel_initializer="he_normal", name="bottom_conv2")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="bottom_dropout")(x)
+    for level in reversed(range(depth - 1)):
+        x = keras.layers.Conv3DTranspose(filters * 2 ** level, pools[level], strides=pools[level],
+                                         kernel_initializer="he_normal",
+                                         name=f"up{level}_upconv")(x)
+        skip = keras.layers.Cropping3D(tuple((c, c) for c in crops[level]),
+                                       name=f"up{level}_crop")(skips[level])
+        x = keras.layers.Concatenate(name=f"up{level}_concat")([skip, x])
+        x = conv_block(x, level, "up")
+    logits = keras.layers.Conv3D(num_classes, 1, kernel_initializer="he_normal", dtype="float32",
                                  name="logits")(x)
     return keras.Model(inputs, logits, name=name)
