@@ -86,9 +86,54 @@ def test_bad_arguments(kwargs, error):
 
 
 def test_bad_masks():
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match="needs its voxel size"):
         weight_map(np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="2-D"):
+        weight_map(np.zeros((2, 4, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="integer labels"):
         weight_map(np.full((4, 4), 0.5))
     with pytest.raises(ValueError, match="labels >= 0"):
         weight_map(np.full((4, 4), -1))
+
+
+def touching_balls(shape=(24, 56, 56), spacing=(1.0, 0.25, 0.25), count=12, seed=0):
+    """Instance labels of balls (4 um radius in physical units) on an anisotropic grid, the
+    later ones drawn over the earlier, so many touch."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)],
+                                indexing="ij"), axis=-1)
+    labels = np.zeros(shape, np.int32)
+    extent = np.array(shape) * spacing
+    for label in range(1, count + 1):
+        centre = rng.uniform(0.15, 0.85, 3) * extent
+        labels[np.linalg.norm(grid - centre, axis=-1) < rng.uniform(2.0, 4.0)] = label
+    return labels
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 0.25, 0.25), (0.5, 0.5, 0.5)])
+def test_a_volumes_weight_map_is_exact_against_brute_force_with_its_voxel_size(spacing):
+    labels = touching_balls(spacing=spacing)
+    assert len(np.unique(labels)) > 8
+    fast = weight_map(labels, sigma=1.25, spacing=spacing)        # sigma in um, as the spacing
+    reference = weight_map_reference(labels, sigma=1.25, spacing=spacing)
+    assert fast.shape == labels.shape and fast.dtype == np.float32
+    np.testing.assert_allclose(fast, reference, atol=1e-5)
+    assert fast.max() > 5      # the border term is there, between touching balls
+
+
+def test_the_voxel_size_sets_the_distances():
+    """Two slabs 2 voxels apart along z: at 1 um per slice the gap is 2 um wide, at 0.25 um
+    only 0.5 um, so its border term (sigma 1 um) is larger."""
+    labels = np.zeros((8, 6, 6), np.int32)
+    labels[:3], labels[5:] = 1, 2
+    coarse = weight_map(labels, sigma=1.0, class_weights=None, spacing=(1.0, 1.0, 1.0))
+    fine = weight_map(labels, sigma=1.0, class_weights=None, spacing=(0.25, 1.0, 1.0))
+    assert fine[3:5].min() > coarse[3:5].max() > 1
+    np.testing.assert_allclose(coarse[3, 0, 0], 1 + 10 * np.exp(-(1 + 2) ** 2 / 2), rtol=1e-5)
+
+
+def test_a_volume_without_its_voxel_size_is_refused():
+    with pytest.raises(ValueError, match="needs its voxel size"):
+        weight_map(np.zeros((4, 8, 8), np.int32))
+    with pytest.raises(ValueError, match="must be a 3-D"):
+        weight_map(np.zeros((8, 8), np.int32), spacing=(1, 1, 1))

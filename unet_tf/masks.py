@@ -6,12 +6,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
-def check_mask(mask, name="mask"):
-    """A ``YX`` label image with whole, non-negative values (bool becomes uint8), or a
-    ``ValueError`` that says what was found."""
+def check_mask(mask, name="mask", ndim=2):
+    """A ``YX`` (``ndim=3``: ``ZYX``) label image with whole, non-negative values (bool becomes
+    uint8), or a ``ValueError`` that says what was found."""
     mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (YX) label image, got shape {mask.shape}")
+    if mask.ndim != ndim:
+        axes = "ZYX"[-ndim:] if ndim <= 3 else f"{ndim} axes"
+        raise ValueError(f"{name} must be a {ndim}-D ({axes}) label image, got shape "
+                         f"{mask.shape}")
     if mask.dtype == bool:
         return mask.astype(np.uint8)
     if not np.issubdtype(mask.dtype, np.number) or np.issubdtype(mask.dtype, np.complexfloating):
@@ -38,14 +40,15 @@ def split_ignored(mask, ignore_label=None, name="mask"):
     return np.where(ignored, 0, mask).astype(mask.dtype), ignored
 
 
-def as_instances(mask, name="mask"):
-    """Instance labels (int32, 0 = background) from an instance or binary ``YX`` mask.
+def as_instances(mask, name="mask", ndim=2):
+    """Instance labels (int32, 0 = background) from an instance or binary ``YX`` (``ndim=3``:
+    ``ZYX``) mask.
 
     A mask with a single non-zero value (binary: 0/1, 0/255, bool) is split into its connected
-    components (4-connectivity, so cells touching only at a corner stay apart); any other integer
-    mask is taken as instance labels already.
+    components (face connectivity: 4 in 2-D, 6 in 3-D, so cells touching only at a corner or an
+    edge stay apart); any other integer mask is taken as instance labels already.
     """
-    mask = check_mask(mask, name)
+    mask = check_mask(mask, name, ndim)
     values = mask[mask > 0]
     if values.size and values.min() == values.max():
         return ndi.label(mask > 0)[0].astype(np.int32)
