@@ -60,10 +60,13 @@ def _add(subparsers, name, help, examples, func):
 
 def _cmd_sizes(args):
     from .sizes import is_valid_input_size, next_valid_input_size, output_size, size_rule
+    if args.voxel_size:
+        return _volume_sizes(args)
+    sizes = [_number(text, int, "size") for text in args.size]
     smallest, step, shrink = size_rule(args.depth, args.upsampling)
     print(f"depth {args.depth}, {args.upsampling}: valid inputs are {smallest} + k*{step}, "
           f"output = input - {shrink}")
-    for size in args.size:
+    for size in sizes:
         if is_valid_input_size(size, args.depth, args.upsampling):
             print(f"{size}: valid, output {output_size(size, args.depth, args.upsampling)}")
         else:
@@ -72,13 +75,62 @@ def _cmd_sizes(args):
                   f"(output {output_size(nearest, args.depth, args.upsampling)})")
 
 
+def _volume_sizes(args):
+    """The 3-D net's plan for a voxel size and, per ZYX shape asked, its verdict."""
+    from .volume_sizes import (AXIS_NAMES, axis_rule, next_valid_volume_shape, per_axis,
+                               plan_axes, shape_problems, volume_output_shape)
+    voxel = _triple(args.voxel_size, float, "--voxel-size")
+    shapes = [_triple(text, int, "a ZYX shape") for text in args.size]
+    shortest = tuple(min(axis) for axis in zip(*shapes)) if shapes else None
+    plan = plan_axes(voxel, args.depth, shape=shortest)
+    print(f"3-D, depth {args.depth}, voxel size {'x'.join(f'{v:g}' for v in voxel)}")
+    for level, (pool, kernel) in enumerate(zip(plan["pools"] + [None], plan["kernels"])):
+        pooled = f", then pool {'x'.join(map(str, pool))}" if pool else " (bottom)"
+        print(f"  level {level}: kernels {'x'.join(map(str, kernel))}{pooled}")
+    for name, axis in zip(AXIS_NAMES, per_axis(plan)):
+        smallest, step, shrink = axis_rule(*axis)
+        print(f"  {name}: valid {smallest} + k*{step}, output = input - {shrink}")
+    for shape in shapes:
+        problems = shape_problems(shape, plan)
+        if not problems:
+            print(f"{_joined(shape)}: valid, output {_joined(volume_output_shape(shape, plan))}")
+            continue
+        nearest = next_valid_volume_shape(shape, plan)
+        print(f"{_joined(shape)}: not valid ({'; '.join(problems)}); next valid input "
+              f"{_joined(nearest)} (output {_joined(volume_output_shape(nearest, plan))})")
+
+
+def _joined(shape):
+    return ",".join(map(str, shape))
+
+
+def _number(text, kind, what):
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{what} must be {'an integer' if kind is int else 'a number'}, got "
+                         f"{text!r}") from None
+
+
+def _triple(text, kind, what):
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise ValueError(f"{what} must be three comma-separated values Z,Y,X, got {text!r}")
+    return tuple(_number(part, kind, what) for part in parts)
+
+
 def _add_sizes(subparsers):
     p = _add(subparsers, "sizes", "show which tile sizes the network accepts and what they give", """
         unet-tf sizes 572 570
         unet-tf sizes --depth 4 --upsampling resize_conv 300
+        unet-tf sizes --voxel-size 1,0.2,0.2 --depth 4 5,100,100 5,101,101
         """, _cmd_sizes)
-    p.add_argument("size", type=int, nargs="*", help="input sizes to check")
+    p.add_argument("size", nargs="*",
+                   help="input sizes to check (with --voxel-size: Z,Y,X shapes)")
     _add_architecture_args(p)
+    p.add_argument("--voxel-size", metavar="Z,Y,X",
+                   help="a 3-D net for this voxel size (per-axis pools and kernels, planned "
+                   "for the shortest extent asked per axis)")
 
 
 def _add_architecture_args(p, defaults=True):

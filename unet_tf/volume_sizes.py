@@ -131,6 +131,14 @@ def _names(axes):
 
 def check_volume_shape(shape, plan):
     """Raise ``ValueError`` naming, for each invalid axis, the two nearest valid sizes."""
+    problems = shape_problems(shape, plan)
+    if problems:
+        raise ValueError(f"input {tuple(shape)} is not valid for this net ("
+                         + "; ".join(problems) + ")")
+
+
+def shape_problems(shape, plan):
+    """Per invalid axis of ``shape``, what is wrong and the nearest valid sizes (empty: valid)."""
     problems = []
     for name, size, (pools, kernels) in zip(_names(len(shape)), shape, per_axis(plan)):
         if not isinstance(size, int) or isinstance(size, bool):
@@ -141,9 +149,7 @@ def check_volume_shape(shape, plan):
         elif (size - smallest) % step:
             below = smallest + (size - smallest) // step * step
             problems.append(f"{name} {size}: use {below} or {below + step}")
-    if problems:
-        raise ValueError(f"input {tuple(shape)} is not valid for this net ("
-                         + "; ".join(problems) + ")")
+    return problems
 
 
 def volume_output_shape(shape, plan):
