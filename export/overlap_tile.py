@@ -202,3 +202,58 @@ def softmax(logits):
     """Softmax over the last axis."""
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- volumes (ZYX)
+
+def crop_reflect_nd(array, starts, sizes):
+    """``array[s0:s0+n0, s1:s1+n1, ...]`` (leading axes) with mirrored content outside it."""
+    if all(s >= 0 and s + n <= m for s, n, m in zip(starts, sizes, array.shape)):
+        return array[tuple(slice(s, s + n) for s, n in zip(starts, sizes))]
+    index = [reflect_index(np.arange(s, s + n), m) for s, n, m in zip(starts, sizes, array.shape)]
+    return array[np.ix_(*index)]
+
+
+def window_grid_nd(shape, output_shape, periods):
+    """``(strides, corners)`` of :func:`window_grid`, per axis: along an axis one window that
+    covers it is exact whatever its size; more need a stride on the axis's pooling period."""
+    strides = []
+    for size, out, period in zip(shape, output_shape, periods):
+        stride = out if size <= out else out - out % period
+        if stride == 0:
+            raise ValueError(f"a tile output of {out} along an axis is smaller than its pooling "
+                             f"period {period}, so tiles cannot line up exactly: use a larger tile")
+        strides.append(stride)
+    corners = np.stack(np.meshgrid(*[np.arange(0, n, s) for n, s in zip(shape, strides)],
+                                   indexing="ij"), axis=-1).reshape(-1, len(shape))
+    return strides, [tuple(int(c) for c in corner) for corner in corners]
+
+
+def predict_volume(volume, predict_tiles, tile_shape, output_shape, periods, value_range,
+                   batch_size=1, on_batch=None):
+    """Network output for a whole ``ZYXC`` volume, tile by tile, mirrored at its faces: the
+    3-D overlap-tile strategy, equal to one pass of the valid network over the mirrored volume.
+
+    ``predict_tiles`` maps float32 ``(B, *tile_shape, C)`` to ``(B, *output_shape[, K])``;
+    ``periods`` are the per-axis pooling periods; ``value_range = (lo, hi)`` maps to 0 and 1.
+    Returns ``(Z, Y, X[, K])``; memory holds the output and one batch of tiles.
+    """
+    shape = volume.shape[:3]
+    margins = [(t - o) // 2 for t, o in zip(tile_shape, output_shape)]
+    strides, corners = window_grid_nd(shape, output_shape, periods)
+    result = None
+    for start in range(0, len(corners), batch_size):
+        batch = corners[start:start + batch_size]
+        tiles = np.stack([apply_range(crop_reflect_nd(volume, [c - m for c, m in
+                                                               zip(corner, margins)], tile_shape),
+                                      *value_range) for corner in batch])
+        predicted = np.asarray(predict_tiles(tiles))
+        if result is None:
+            result = np.zeros((*shape, *predicted.shape[4:]), predicted.dtype)
+        for corner, out in zip(batch, predicted):
+            extent = [min(s, n - c) for s, n, c in zip(strides, shape, corner)]
+            result[tuple(slice(c, c + e) for c, e in zip(corner, extent))] = \
+                out[tuple(slice(0, e) for e in extent)]
+        if on_batch:
+            on_batch(len(batch))
+    return result

@@ -88,3 +88,31 @@ def test_the_3d_net_is_translation_equivariant_like_one_pass_over_a_larger_volum
         tile = model.predict(volume[(slice(None),) + window], verbose=0)
         out = tuple(slice(o, o + n) for o, n in zip(start, tile.shape[1:4]))
         np.testing.assert_allclose(tile, whole[(slice(None),) + out], atol=1e-5)
+
+
+@pytest.mark.parametrize("voxel,volume_shape,tile", [
+    ((1.0, 1.0, 1.0), (30, 41, 37), (52, 52, 60)),            # isotropic, depth 3
+    ((1.0, 0.25, 0.25), (7, 61, 50), (7, 60, 52))])          # z: 1-kernels, pooled never
+def test_tiled_3d_prediction_equals_one_pass_over_the_volume(voxel, volume_shape, tile):
+    from unet_tf.model import build_unet_3d
+    from unet_tf.overlap_tile import predict_volume
+    plan = plan_axes(voxel, 3, shape=tile)
+    model = build_unet_3d((None, None, None, 1), plan=plan, filters=2)
+    rng = np.random.default_rng(1)
+    volume = rng.integers(0, 4000, (*volume_shape, 1)).astype(np.uint16)
+    periods = [axis_rule(*axis)[1] for axis in per_axis(plan)]
+    shrink = [axis_rule(*axis)[2] for axis in per_axis(plan)]
+
+    def run(tile_shape, batch):
+        output_shape = volume_output_shape(tile_shape, plan)
+        return predict_volume(volume, lambda t: model.predict(t, verbose=0), tile_shape,
+                              output_shape, periods, (0, 4000), batch_size=batch)
+
+    whole = next_valid_volume_shape(tuple(n + s for n, s in zip(volume_shape, shrink)), plan)
+    one_pass = run(whole, 1)
+    tiled = run(next_valid_volume_shape(tile, plan), 3)
+    from unet_tf.overlap_tile import window_grid_nd
+    _, corners = window_grid_nd(volume_shape, volume_output_shape(tile, plan), periods)
+    assert len(corners) >= 8 and len({c[0] for c in corners}) >= 2    # tiles along every axis
+    assert tiled.shape == volume_shape + (2,)
+    assert np.abs(tiled - one_pass).max() <= 1e-5
