@@ -5,6 +5,10 @@ numpy 1.x and fails under numpy 2, in which case the same algorithm in SciPy is 
 (coarse 3x3 grid -> ndi.zoom(order=3) -> ndi.map_coordinates, bicubic image, nearest labels).
 Both run on one thread (OpenCV's own threading is switched off) so the ratio compares algorithms.
 
+A second case deforms a 132^3 volume + labels (elastic_deform_3d: OpenCV per slice, linear
+in z) against SciPy's 3-D map_coordinates (order 3 image, order 0 labels) on the same kind of
+field (issue 30 asks for >= 10x).
+
     python benchmarks/bench_elastic.py [--quick]
 """
 
@@ -15,7 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from _timing import best_time, report
-from unet_tf.augment import elastic_deform
+from unet_tf.augment import displacement_field_3d, elastic_deform, elastic_deform_3d
 from unet_tf.samples import load_sample
 
 
@@ -40,6 +44,25 @@ def baseline():
         return "scipy map_coordinates", scipy_elastic
 
 
+def scipy_elastic_3d(volume, labels, rng):
+    field = displacement_field_3d(volume.shape, rng=rng)
+    coords = np.mgrid[tuple(slice(0, n) for n in volume.shape)].astype(np.float32)
+    coords = [c + f for c, f in zip(coords, field)]
+    return (ndi.map_coordinates(volume, coords, order=3, mode="mirror"),
+            ndi.map_coordinates(labels, coords, order=0, mode="mirror"))
+
+
+def balls_volume(size=132, count=40, seed=0):
+    rng = np.random.default_rng(seed)
+    z, y, x = np.ogrid[:size, :size, :size]
+    labels = np.zeros((size,) * 3, np.uint16)
+    for label in range(1, count + 1):
+        c, r = rng.integers(10, size - 10, 3), rng.integers(5, 12)
+        labels[(z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= r * r] = label
+    volume = (labels > 0) + rng.normal(0, 0.2, labels.shape)
+    return volume.astype(np.float32), labels
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -53,6 +76,11 @@ def main():
     base = best_time(lambda: theirs(image, labels, rng), repeat)
     ours = best_time(lambda: elastic_deform(image, labels, rng=rng), 3 * repeat)
     report("elastic_deform 572x572 image+labels", name, base, ours)
+
+    volume, balls = balls_volume()
+    base = best_time(lambda: scipy_elastic_3d(volume, balls, rng), max(1, repeat // 3))
+    ours = best_time(lambda: elastic_deform_3d(volume, balls, rng=rng), repeat)
+    report("elastic_deform_3d 132^3 volume+labels", "scipy map_coordinates order 3", base, ours)
 
 
 if __name__ == "__main__":
