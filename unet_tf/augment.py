@@ -204,10 +204,12 @@ def elastic_deform_3d(volume, *label_like, grid=3, sigma=(2.0, 10.0, 10.0), rng=
     """Deform a ``ZYX[C]`` volume and any label-like ``ZYX`` arrays with one smooth random
     field (:func:`displacement_field_3d`, ``sigma`` in voxels per axis), mirrored at the faces.
 
-    The volume is sampled bicubically in-plane and linearly along z (the coarse axis of most
-    stacks, where a cubic overshoots), label-like arrays at the nearest voxel. Each output slice
-    needs only the few source slices its ``dz`` reaches, each warped in-plane by OpenCV: a
-    fraction of the time of a 3-D spline (``benchmarks/bench_elastic.py``).
+    Voxel ``(z, y, x)`` takes the value at ``(z + dz(z, y', x'), y', x')`` with ``(y', x') =
+    (y + dy, x + dx)``: a resampling along z (linear: z is the coarse axis of most stacks, where
+    a cubic overshoots), then one in-plane warp per slice (bicubic, OpenCV). ``dz`` read at the
+    displaced in-plane position is as smooth and random as at the voxel's own, and splitting the
+    axes makes it a fraction of a 3-D spline's time (``benchmarks/bench_elastic.py``).
+    Label-like arrays take the nearest voxel in both steps, so their values are kept.
     """
     volume = np.asarray(volume)
     if volume.ndim not in (3, 4):
@@ -216,34 +218,34 @@ def elastic_deform_3d(volume, *label_like, grid=3, sigma=(2.0, 10.0, 10.0), rng=
         if np.shape(label)[:3] != volume.shape[:3]:
             raise ValueError(f"label-like array {i} has shape {np.shape(label)}, expected the "
                              f"volume's ZYX shape {volume.shape[:3]}")
-    depth = volume.shape[0]
+    depth, height, width = volume.shape[:3]
     dz, dy, dx = displacement_field_3d(volume.shape[:3], grid, sigma, rng)
-    rows, cols = _pixel_grid(*volume.shape[1:3])
-    source = np.arange(depth, dtype=np.float32)[:, None, None] + dz
-    lower = np.floor(source).astype(np.int64)
-    fraction = (source - lower).astype(np.float32)
-    nearest = np.rint(source).astype(np.int64)
-    deformed = np.empty(volume.shape, np.float32)
+    planes = volume.reshape(depth * height * width, -1)          # row z*P + p: voxel p of z
+    label_planes = [np.asarray(label).reshape(depth * height * width) for label in label_like]
+    pixel = np.arange(height * width)
+    rows, cols = _pixel_grid(height, width)
+    deformed = np.empty(volume.shape, volume.dtype)
     labels = [np.empty_like(np.asarray(label)) for label in label_like]
-    for z in range(depth):
+    for z in range(depth):   # slice by slice: every temporary fits in the cache
+        source = z + dz[z].reshape(-1)
+        lower = np.floor(source)
+        fraction = (source - lower)[:, None]
+        lower = lower.astype(np.int64)
+        below = planes[_mirrored(lower, depth) * pixel.size + pixel].astype(np.float32)
+        above = planes[_mirrored(lower + 1, depth) * pixel.size + pixel].astype(np.float32)
+        along_z = (below + (above - below) * fraction).reshape(height, width, -1)
         map_y, map_x = rows + dy[z], cols + dx[z]
-        lo = lower[z]
-        out = np.zeros(volume.shape[1:], np.float32)
-        for k in range(int(lo.min()), int(lo.max()) + 2):    # the source slices this one needs
-            w = np.where(lo == k, 1 - fraction[z], 0) + np.where(lo == k - 1, fraction[z], 0)
-            if not w.any():
-                continue
-            plane = _remap(volume[reflect_index(k, depth)].astype(np.float32), map_y, map_x, 3)
-            out += plane * (w if volume.ndim == 3 else w[..., None])
-        deformed[z] = out
-        for label, result in zip(label_like, labels):
-            label = np.asarray(label)
-            for k in np.unique(nearest[z]):
-                here = nearest[z] == k
-                result[z][here] = _remap_labels(label[reflect_index(k, depth)], map_y,
-                                                map_x)[here]
-    deformed = _cast_like(deformed, volume.dtype)
+        warped = _remap(along_z if volume.ndim == 4 else along_z[..., 0], map_y, map_x, 3)
+        deformed[z] = _cast_like(warped, volume.dtype)
+        nearest = _mirrored(np.rint(source).astype(np.int64), depth) * pixel.size + pixel
+        for flat, result in zip(label_planes, labels):
+            result[z] = _remap_labels(flat[nearest].reshape(height, width), map_y, map_x)
     return deformed if not label_like else (deformed, *labels)
+
+
+def _mirrored(index, size):
+    """:func:`reflect_index`, skipped where every index is inside already (most slices)."""
+    return index if index.min() >= 0 and index.max() < size else reflect_index(index, size)
 
 
 def _cast_like(values, dtype):
