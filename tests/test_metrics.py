@@ -58,3 +58,31 @@ def test_rand_error_known_value():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="truth has shape"):
         foreground_iou(np.zeros((3, 3)), np.zeros((3, 4)))
+
+
+def test_volumes_are_scored_by_3d_objects():
+    """A ZYX volume: an object is one label across its slices, its IoU counted in voxels."""
+    z, y, x = np.ogrid[:20, :40, :40]
+
+    def ball(centre, radius):
+        return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius ** 2
+
+    truth = np.zeros((20, 40, 40), np.int32)
+    truth[ball((6, 10, 10), 5)], truth[ball((12, 28, 28), 6)] = 1, 2
+    truth[ball((14, 10, 30), 4)] = 3
+    prediction = np.zeros_like(truth)
+    prediction[ball((6, 11, 10), 5)] = 5                  # shifted by a voxel: IoU ~0.8
+    prediction[ball((12, 28, 28), 6) | ball((14, 10, 30), 4)] = 9   # 2 and 3 merged
+    shifted = (truth == 1) & (prediction == 5)
+    iou = shifted.sum() / ((truth == 1) | (prediction == 5)).sum()
+    assert 0.5 < iou < 0.95
+    scores = evaluate(truth, prediction)
+    assert (scores["true"], scores["predicted"], scores["merged"]) == (3, 2, 1)
+    # the merged object matches ball 2 (the larger) only where their IoU is above 0.5
+    big = ((truth == 2) & (prediction == 9)).sum() / ((truth == 2) | (prediction == 9)).sum()
+    tp = 1 + (big > 0.5)
+    assert scores["f1"] == pytest.approx(2 * tp / 5)
+    # slices of a 3-D object are one object, not one per slice as 2-D scoring would count
+    assert evaluate(truth, truth)["true"] == 3
+    binary = evaluate(truth > 0, truth > 0)
+    assert binary["true"] == 3 and binary["f1"] == 1.0

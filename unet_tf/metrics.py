@@ -1,4 +1,4 @@
-"""Segmentation metrics on numpy label images (``YX``).
+"""Segmentation metrics on numpy label images (``YX``, or ``ZYX`` volumes with 3-D objects).
 
 Semantic: IoU per class and of the foreground, pixel error. Segment-level: the ISBI 2012 Rand
 error on connected components of the foreground, and instance matching at IoU thresholds
@@ -13,6 +13,11 @@ from scipy import ndimage as ndi
 from .masks import as_instances
 
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
+
+
+def _spatial_ndim(labels):
+    """3 for a ZYX volume (objects are 3-D: one label across slices), else 2 (YX)."""
+    return 3 if np.ndim(labels) == 3 else 2
 
 
 def _pair(truth, prediction):
@@ -56,7 +61,7 @@ def without_ignored(truth, prediction, ignored):
     truth, prediction = _pair(truth, prediction)
     if ignored is None or not ignored.any():
         return truth, prediction
-    prediction = _relabel(as_instances(prediction, "prediction"))
+    prediction = _relabel(as_instances(prediction, "prediction", _spatial_ndim(prediction)))
     inside = np.bincount(prediction[ignored].ravel(), minlength=prediction.max() + 1)
     unannotated = inside > np.bincount(prediction.ravel()) / 2.0
     unannotated[0] = True
@@ -104,8 +109,8 @@ def match_instances(truth, prediction, thresholds=IOU_THRESHOLDS):
     ``split`` (true instances holding the majority of two or more predicted ones).
     """
     truth, prediction = _pair(truth, prediction)
-    truth = _relabel(as_instances(truth, "truth"))
-    prediction = _relabel(as_instances(prediction, "prediction"))
+    truth = _relabel(as_instances(truth, "truth", _spatial_ndim(truth)))
+    prediction = _relabel(as_instances(prediction, "prediction", _spatial_ndim(prediction)))
     iou, table, sizes_true, sizes_pred = _iou_matrix(truth, prediction)
     n_true, n_pred = len(sizes_true), len(sizes_pred)
     # Greedy by IoU, one-to-one: exact for thresholds >= 0.5, where matches are unique anyway.
@@ -147,8 +152,8 @@ def merges_and_splits(truth, prediction):
     or more true ones, ``2`` on true objects split among two or more predicted ones (the
     ``merged``/``split`` counts of :func:`match_instances`), ``0`` elsewhere."""
     truth, prediction = _pair(truth, prediction)
-    truth = _relabel(as_instances(truth, "truth"))
-    prediction = _relabel(as_instances(prediction, "prediction"))
+    truth = _relabel(as_instances(truth, "truth", _spatial_ndim(truth)))
+    prediction = _relabel(as_instances(prediction, "prediction", _spatial_ndim(prediction)))
     _, table, sizes_true, sizes_pred = _iou_matrix(truth, prediction)
     merged = (table > sizes_true[:, None] / 2.0).sum(0) >= 2      # per predicted object
     split = (table > sizes_pred[None, :] / 2.0).sum(1) >= 2       # per true object
