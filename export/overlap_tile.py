@@ -81,11 +81,7 @@ def reflect_index(index, size):
 
 def crop_reflect(array, top, left, height, width):
     """``array[top:top+height, left:left+width]`` with mirrored content outside the array."""
-    if top >= 0 and left >= 0 and top + height <= array.shape[0] and left + width <= array.shape[1]:
-        return array[top:top + height, left:left + width]  # inside: a view, no gather
-    rows = reflect_index(np.arange(top, top + height), array.shape[0])
-    cols = reflect_index(np.arange(left, left + width), array.shape[1])
-    return array[rows[:, None], cols[None, :]]
+    return crop_reflect_nd(array, (top, left), (height, width))
 
 
 def window_grid(height, width, output_size, period):
@@ -209,7 +205,7 @@ def softmax(logits):
 def crop_reflect_nd(array, starts, sizes):
     """``array[s0:s0+n0, s1:s1+n1, ...]`` (leading axes) with mirrored content outside it."""
     if all(s >= 0 and s + n <= m for s, n, m in zip(starts, sizes, array.shape)):
-        return array[tuple(slice(s, s + n) for s, n in zip(starts, sizes))]
+        return array[tuple(slice(s, s + n) for s, n in zip(starts, sizes))]  # a view, no gather
     index = [reflect_index(np.arange(s, s + n), m) for s, n, m in zip(starts, sizes, array.shape)]
     return array[np.ix_(*index)]
 

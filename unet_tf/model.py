@@ -9,11 +9,22 @@ from .sizes import check_input_size, crop_amounts, size_rule
 from .volume_sizes import per_axis, axis_crops, axis_rule, check_volume_shape, plan_axes
 
 
-def _conv_block(x, filters, name):
+def _conv_block(x, filters, name, kernel=3, conv=None):
+    """Two valid convolutions with ReLU (``conv``: Conv2D, or Conv3D for volumes)."""
+    conv = conv or keras.layers.Conv2D
     for i in (1, 2):
-        x = keras.layers.Conv2D(filters, 3, padding="valid", activation="relu",
-                                kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
+        x = conv(filters, kernel, padding="valid", activation="relu",
+                 kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
     return x
+
+
+def _check_head(num_classes, filters, dropout):
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(filters, int) or filters < 1:
+        raise ValueError(f"filters must be a positive integer, got {filters!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
 
 def _upsample(x, filters, upsampling, name):
@@ -58,12 +69,7 @@ def build_unet(input_shape=(None, None, 1), num_classes=2, depth=5, filters=64, 
     for s in input_shape[:2]:
         if s is not None:
             check_input_size(s, depth, upsampling)
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if not isinstance(filters, int) or filters < 1:
-        raise ValueError(f"filters must be a positive integer, got {filters!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    _check_head(num_classes, filters, dropout)
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = InputSizeCheck(depth, upsampling, name="input_size_check")(inputs)
@@ -115,33 +121,21 @@ def build_unet_3d(input_shape=(None, None, None, 1), num_classes=2, plan=None, f
                          f"{input_shape!r} and {len(rules)} axes")
     if all(s is not None for s in input_shape[:3]):
         check_volume_shape(tuple(input_shape[:3]), plan)
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if not isinstance(filters, int) or filters < 1:
-        raise ValueError(f"filters must be a positive integer, got {filters!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    _check_head(num_classes, filters, dropout)
     pools, kernels = plan["pools"], plan["kernels"]
     crops = list(zip(*[axis_crops(p, k) for p, k in per_axis(plan)]))   # [level][axis]
     depth = len(kernels)
 
-    def conv_block(x, level, prefix):
-        for i in (1, 2):
-            x = keras.layers.Conv3D(filters * 2 ** level, kernels[level], padding="valid",
-                                    activation="relu", kernel_initializer="he_normal",
-                                    name=f"{prefix}{level}_conv{i}")(x)
-        return x
+    def conv_block(x, level, name):
+        return _conv_block(x, filters * 2 ** level, name, kernels[level], keras.layers.Conv3D)
 
     inputs = keras.Input(shape=input_shape, name="volume")
     x, skips = inputs, []
     for level in range(depth - 1):
-        x = conv_block(x, level, "down")
+        x = conv_block(x, level, f"down{level}")
         skips.append(x)
         x = keras.layers.MaxPooling3D(pools[level], name=f"down{level}_pool")(x)
-    x = keras.layers.Conv3D(filters * 2 ** (depth - 1), kernels[-1], activation="relu",
-                            kernel_initializer="he_normal", name="bottom_conv1")(x)
-    x = keras.layers.Conv3D(filters * 2 ** (depth - 1), kernels[-1], activation="relu",
-                            kernel_initializer="he_normal", name="bottom_conv2")(x)
+    x = conv_block(x, depth - 1, "bottom")
     if dropout:
         x = keras.layers.Dropout(dropout, name="bottom_dropout")(x)
     for level in reversed(range(depth - 1)):
@@ -151,7 +145,7 @@ def build_unet_3d(input_shape=(None, None, None, 1), num_classes=2, plan=None, f
         skip = keras.layers.Cropping3D(tuple((c, c) for c in crops[level]),
                                        name=f"up{level}_crop")(skips[level])
         x = keras.layers.Concatenate(name=f"up{level}_concat")([skip, x])
-        x = conv_block(x, level, "up")
+        x = conv_block(x, level, f"up{level}")
     logits = keras.layers.Conv3D(num_classes, 1, kernel_initializer="he_normal", dtype="float32",
                                  name="logits")(x)
     return keras.Model(inputs, logits, name=name)
