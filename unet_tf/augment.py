@@ -113,7 +113,8 @@ def flip_rotate(arrays, rng):
 
 def vary_intensity(image, rng, brightness=0.1, contrast=0.5, gamma=0.4, field=0.4, blur=1.0,
                    noise=0.05):
-    """Random gray-value change of a normalised float ``YXC`` image, as real images vary
+    """Random gray-value change of a normalised float ``YXC`` image (or ``ZYXC`` volume: one
+    gain field for every slice, in-plane blur), as real images vary
     (the paper's "gray value variations"; 0 switches a part off):
 
     - gamma ``exp(U(-gamma, gamma))`` on the image rescaled to [0, 1] by its own min/max;
@@ -132,13 +133,17 @@ def vary_intensity(image, rng, brightness=0.1, contrast=0.5, gamma=0.4, field=0.
         image = lo + (hi - lo) * ((image - lo) / (hi - lo)) ** g
     if field:
         coarse = np.exp(rng.normal(0.0, field, (4, 4))).astype(np.float32)
-        gain = cv2.resize(coarse, image.shape[1::-1], interpolation=cv2.INTER_CUBIC)
+        gain = cv2.resize(coarse, (image.shape[-2], image.shape[-3]),
+                          interpolation=cv2.INTER_CUBIC)
         image = lo + (image - lo) * np.maximum(gain, 0.05)[..., None]
     scale = np.float32(1.0 + rng.uniform(-contrast, contrast))
     shift = np.float32(rng.uniform(-brightness, brightness))
     image = image * scale + shift
     if blur and rng.random() < 0.5:
-        image = cv2.GaussianBlur(image, (0, 0), float(rng.uniform(0.1, blur))).reshape(image.shape)
+        sigma = float(rng.uniform(0.1, blur))
+        planes = image.reshape(-1, *image.shape[-3:])
+        image = np.stack([cv2.GaussianBlur(p, (0, 0), sigma).reshape(p.shape) for p in planes]
+                         ).reshape(image.shape)
     if noise and rng.random() < 0.5:
         image = image + rng.normal(0.0, rng.uniform(0, noise), image.shape).astype(np.float32)
     return image.astype(np.float32)
@@ -174,6 +179,52 @@ class Augmentation:
             image = vary_intensity(image, rng, self.brightness, self.contrast, self.gamma,
                                    self.field, self.blur, self.noise)
         return image, labels, weights
+
+    def volume_margin(self, voxel_size):
+        """:meth:`margin` per axis of a volume: ``elastic_sigma`` is in the finest voxels."""
+        sigma = self.volume_sigma(voxel_size)
+        return tuple(int(np.ceil(3 * s)) if self.elastic else 0 for s in sigma)
+
+    def volume_sigma(self, voxel_size):
+        """The displacement std per axis, in voxels: the same physical std on every axis."""
+        finest = min(voxel_size)
+        return tuple(self.elastic_sigma * finest / s for s in voxel_size)
+
+    def apply_volume(self, volume, labels, weights, rng, voxel_size):
+        """Augment a ``ZYXC`` float volume with its ``ZYX`` labels and weights: flips along
+        every axis, right-angle rotations in the plane (where its pixels are square) and in
+        the other planes only where the voxels are cubes, 3-D elastic deformation with one
+        physical std on every axis, gray values (:func:`vary_intensity`)."""
+        arrays = [volume, labels, weights]
+        if self.flip_rotate:
+            arrays = flip_rotate_volume(arrays, rng, voxel_size)
+        if self.elastic and self.elastic_sigma > 0:
+            arrays = list(elastic_deform_3d(*arrays, grid=self.grid,
+                                            sigma=self.volume_sigma(voxel_size), rng=rng))
+        volume, labels, weights = arrays
+        if self.intensity:
+            volume = vary_intensity(volume, rng, self.brightness, self.contrast, self.gamma,
+                                    self.field, self.blur, self.noise)
+        return volume, labels, weights
+
+
+def flip_rotate_volume(arrays, rng, voxel_size):
+    """One random flip per axis and right-angle rotations of ``ZYX[C]`` arrays, in a plane only
+    where its two axes have the same spacing (so the voxel grid is kept); a plane whose two
+    extents differ turns by 0 or 180 degrees only (the shape is kept)."""
+    flips = rng.integers(2, size=3).astype(bool)
+    shape = np.shape(arrays[0])
+    planes = [(a, b) for a, b in ((1, 2), (0, 1), (0, 2))
+              if np.isclose(voxel_size[a], voxel_size[b])]
+    turns = [(plane, int(rng.integers(4)) if shape[plane[0]] == shape[plane[1]]
+              else 2 * int(rng.integers(2))) for plane in planes]
+    out = []
+    for a in arrays:
+        a = a[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+        for plane, k in turns:
+            a = np.rot90(a, k, axes=plane)
+        out.append(np.ascontiguousarray(a))
+    return out
 
 
 # --------------------------------------------------------------------------- volumes (ZYX)

@@ -95,11 +95,16 @@ class PredictionImages(keras.callbacks.Callback):
         if epoch % self.every:
             return
         probabilities = tf.nn.softmax(self.model(self.x, training=False))[..., 1:2]
-        out = probabilities.shape[1]
-        start = (self.x.shape[1] - out) // 2
-        image = self.x[:, start:start + out, start:start + out, :1]
+        x, y = self.x, self.y
+        if len(x.shape) == 5:   # volume tiles: the middle slice of the output
+            middle = probabilities.shape[1] // 2
+            x = x[:, (x.shape[1] - probabilities.shape[1]) // 2 + middle]
+            probabilities, y = probabilities[:, middle], y[:, middle]
+        (top, height), (left, width) = [((n - o) // 2, o) for n, o in
+                                        zip(x.shape[1:3], probabilities.shape[1:3])]
+        image = x[:, top:top + height, left:left + width, :1]
         image = (image - tf.reduce_min(image)) / (tf.reduce_max(image) - tf.reduce_min(image) + 1e-6)
-        labels = tf.cast(self.y[..., None], tf.float32)
+        labels = tf.cast(y[..., None], tf.float32)
         with self.writer.as_default():
             tf.summary.image("image | labels | foreground probability",
                              tf.concat([image, labels, probabilities], axis=2), step=epoch)

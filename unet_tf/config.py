@@ -12,6 +12,7 @@ import numpy as np
 from .errors import InvalidType
 from .images import NORMALIZATION
 from .sizes import output_size
+from .volume_sizes import check_volume_shape, plan_axes
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 OPTIMIZERS = ("sgd", "adam")
@@ -38,7 +39,7 @@ MIN_STEPS = 250   # training steps: fewer than this gave no useful model in any 
 RENAMED = {"sigma": "border_sigma"}
 # Settings added since then, with what their absence meant, so an older folder's
 # ``train --config`` repeats the run it describes.
-ADDED = {"foreground_tiles": 0.0, "ignore_label": None, "start_from": None}
+ADDED = {"foreground_tiles": 0.0, "ignore_label": None, "start_from": None, "voxel_size": None}
 
 
 class NothingLearned(RuntimeError):
@@ -89,7 +90,7 @@ class TrainConfig:
     out: str = "model"
     images: str | None = None         # folder of images (CLI); the API may pass arrays instead
     masks: str | None = None
-    tile_size: int = 572
+    tile_size: int | list = 572      # a volume's (voxel_size set): [Z, Y, X]
     depth: int = 5
     filters: int = 64
     upsampling: str = "transpose"
@@ -114,6 +115,7 @@ class TrainConfig:
     foreground_tiles: float = 0.33    # share of tiles centred on an annotated object (nnU-Net's)
     ignore_label: int | None = None   # mask value of unannotated pixels: weight 0, never scored
     start_from: str | None = None     # a model folder to fine-tune: its architecture and weights
+    voxel_size: list | None = None    # [Z, Y, X] (any unit): set for volumes, a 3-D U-Net
     early_stopping: int | None = None # patience in epochs; None: off
     strategy: str = "default"         # "default", "mirrored" (GPUs of one host), "multiworker"
     mixed_precision: bool = False     # mixed_float16 compute (GPUs); logits and loss in float32
@@ -132,6 +134,17 @@ class TrainConfig:
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @property
+    def is_volume(self):
+        """Whether this run trains a 3-D U-Net (a voxel size is set)."""
+        return self.voxel_size is not None
+
+    @property
+    def volume_plan(self):
+        """The 3-D net's pools and kernels per level and axis
+        (:func:`unet_tf.volume_sizes.plan_axes` of the voxel size, fitted to the tile)."""
+        return plan_axes(self.voxel_size, self.depth, shape=self.tile_size)
 
     @classmethod
     def from_preset(cls, name, **settings):
@@ -158,7 +171,7 @@ class TrainConfig:
         """Raise ``ValueError``/``TypeError`` naming the first setting that cannot work."""
         integer = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
         number = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-        for name in ("tile_size", "depth", "filters", "num_classes", "epochs", "steps_per_epoch",
+        for name in ("depth", "filters", "num_classes", "epochs", "steps_per_epoch",
                      "batch_size", "seed"):
             if not integer(getattr(self, name)):
                 raise InvalidType(f"{name} must be an integer, got {getattr(self, name)!r}")
@@ -166,7 +179,7 @@ class TrainConfig:
                      "val_split", "foreground_tiles"):
             if not number(getattr(self, name)) or not np.isfinite(getattr(self, name)):
                 raise InvalidType(f"{name} must be a finite number, got {getattr(self, name)!r}")
-        output_size(self.tile_size, self.depth, self.upsampling)
+        self._validate_tile(integer, number)
         norm = self.normalization
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
@@ -215,3 +228,20 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def _validate_tile(self, integer, number):
+        if not self.is_volume:
+            if not integer(self.tile_size):
+                raise InvalidType(f"tile_size must be an integer, got {self.tile_size!r}")
+            output_size(self.tile_size, self.depth, self.upsampling)
+            return
+        spacing, tile = self.voxel_size, self.tile_size
+        if not (isinstance(spacing, (list, tuple)) and len(spacing) == 3
+                and all(number(s) and np.isfinite(s) and s > 0 for s in spacing)):
+            raise ValueError(f"voxel_size must be 3 positive numbers (Z, Y, X), got {spacing!r}")
+        if not (isinstance(tile, (list, tuple)) and len(tile) == 3 and all(map(integer, tile))):
+            raise InvalidType(f"a volume's tile_size must be 3 integers (Z, Y, X), got {tile!r}")
+        if self.upsampling != "transpose":
+            raise ValueError(f"the 3-D U-Net up-samples with transposed convolutions, got "
+                             f"upsampling={self.upsampling!r}")
+        check_volume_shape(tuple(tile), self.volume_plan)

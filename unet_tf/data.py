@@ -24,21 +24,21 @@ from .weightmaps import weight_map as compute_weight_map
 
 def boundary_labels(instances):
     """0 background, 1 interior, 2 boundary (int32): the pixels of an instance next to
-    (8-neighbours) a pixel of another instance or of the background."""
+    (8-neighbours; 26 in a ``ZYX`` volume) a pixel of another instance or of the background."""
     instances = np.asarray(instances)
     edge = ((ndi.grey_erosion(instances, size=3, mode="nearest") != instances)
             | (ndi.grey_dilation(instances, size=3, mode="nearest") != instances))
     return np.where(instances > 0, np.where(edge, 2, 1), 0).astype(np.int32)
 
 
-def class_labels(mask, num_classes=2, name="mask", target=None):
+def class_labels(mask, num_classes=2, name="mask", target=None, ndim=2):
     """Class ids (int32) from a mask, for a ``target`` (default: ``"foreground"`` with 2
     classes, ``"classes"`` with more): foreground, any non-zero pixel (instance or binary
     masks); boundary, :func:`boundary_labels` of the instances; classes, the mask's values."""
-    mask = check_mask(mask, name)
+    mask = check_mask(mask, name, ndim)
     target = target or ("foreground" if num_classes == 2 else "classes")
     if target == "boundary":
-        return boundary_labels(as_instances(mask, name))
+        return boundary_labels(as_instances(mask, name, ndim))
     if target == "foreground":
         return (mask > 0).astype(np.int32)
     values = np.unique(mask)
@@ -208,7 +208,7 @@ def make_dataset(images, masks, tile_size=572, batch_size=1, depth=5, augment=Tr
                    else tf.data.Dataset.range(len(prepared)))
 
     def to_tensors(k):
-        x, y, w = tf.numpy_function(lambda k: _produce(sample, k), [k],
+        x, y, w = tf.numpy_function(lambda k: produce_sample(sample, k), [k],
                                     [tf.float32, tf.int32, tf.float32], stateful=False)
         x.set_shape((tile_size, tile_size, channels))
         y.set_shape((out, out))
@@ -232,7 +232,7 @@ def _stop_producing():
     _exiting = True
 
 
-def _produce(sample, k):
+def produce_sample(sample, k):
     if _exiting:
         raise RuntimeError("the Python interpreter is exiting")
     x, y, w = sample(k)

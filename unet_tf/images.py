@@ -52,7 +52,18 @@ def as_yxc(image, name="image"):
 def check_image(image, name="image"):
     """``image`` as ``YXC`` after checking what every consumer needs: a real numeric dtype,
     at least one pixel, and no NaN/Inf. Raises ``TypeError``/``ValueError`` naming ``name``."""
-    image = as_yxc(image, name)
+    return _check_values(as_yxc(image, name), name)
+
+
+def check_volume(volume, name="volume"):
+    """A ``ZYX`` or ``ZYXC`` volume as ``ZYXC``, checked as :func:`check_image` checks."""
+    volume = np.asarray(volume)
+    if volume.ndim not in (3, 4):
+        raise ValueError(f"{name} must be 3-D (ZYX) or 4-D (ZYXC), got shape {volume.shape}")
+    return _check_values(volume[..., None] if volume.ndim == 3 else volume, name)
+
+
+def _check_values(image, name):
     if image.dtype == bool or not np.issubdtype(image.dtype, np.number) \
             or np.issubdtype(image.dtype, np.complexfloating):
         raise InvalidType(f"{name} must hold real intensities (integer or float), got dtype "

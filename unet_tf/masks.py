@@ -28,12 +28,12 @@ def check_mask(mask, name="mask", ndim=2):
     return mask
 
 
-def split_ignored(mask, ignore_label=None, name="mask"):
+def split_ignored(mask, ignore_label=None, name="mask", ndim=2):
     """``(mask, ignored)``: the checked ``YX`` mask with its unannotated pixels (those equal
     to ``ignore_label``) set to 0, and those pixels as a boolean array (``None`` without an
     ignore label). Unannotated pixels are neither object nor background: they weigh 0 in
     the loss and are left out of every statistic and score."""
-    mask = check_mask(mask, name)
+    mask = check_mask(mask, name, ndim)
     if ignore_label is None:
         return mask, None
     ignored = mask == ignore_label

@@ -105,14 +105,20 @@ def check_fits(tile_size, batch_size, training, depth=5, filters=64, upsampling=
 
     Skipped when a GPU is visible (its memory is not the host's) or the OS does not say.
     """
+    per_tile = activation_bytes(tile_size, depth, filters, upsampling, channels, num_classes)
+    check_bytes_fit(per_tile * batch_size, training, f"tile {tile_size} x batch {batch_size}")
+
+
+def check_bytes_fit(activations, training, what):
+    """Raise ``ValueError`` if ``activations`` bytes of a batch (``what``, for the message)
+    clearly cannot fit in host memory; skipped with a GPU or when the OS does not say."""
     from .backend import tf
     available = available_bytes()
     if available is None or tf.config.list_physical_devices("GPU"):
         return
-    per_tile = activation_bytes(tile_size, depth, filters, upsampling, channels, num_classes)
-    needed = per_tile * batch_size * (TRAINING_FACTOR if training else 1.0)
+    needed = activations * (TRAINING_FACTOR if training else 1.0)
     if needed > available:
-        what = "training" if training else "prediction"
-        raise ValueError(f"tile {tile_size} x batch {batch_size} needs about "
-                         f"{needed / GIB:.1f} GiB for {what}, but {available / GIB:.1f} GiB of "
-                         "memory is available: use a smaller tile size or batch size")
+        run = "training" if training else "prediction"
+        raise ValueError(f"{what} needs about {needed / GIB:.1f} GiB for {run}, but "
+                         f"{available / GIB:.1f} GiB of memory is available: use a smaller "
+                         "tile size or batch size")

@@ -33,6 +33,7 @@ from .errors import InvalidType
 from .instances import DEFAULT_SETTINGS, INSTANCE_TARGETS
 from .io import write_atomically
 from .sizes import output_size
+from .volume_sizes import volume_output_shape
 from .version import __version__
 
 MODEL_FILE, CONFIG_FILE, HISTORY_FILE, BACKUP_DIR, LOGS_DIR, EXPORT_DIR = (
@@ -46,13 +47,27 @@ FORMAT_VERSION = 2
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """The saved net: what :func:`unet_tf.build_unet` was called with."""
+    """The saved net: what :func:`unet_tf.build_unet` was called with, or, for a volume net,
+    :func:`unet_tf.build_unet_3d` with ``pools`` and ``kernels`` (per level, per Z, Y, X axis;
+    ``None`` for a 2-D net)."""
     depth: int
     filters: int
     upsampling: str
     dropout: float
     num_classes: int
     channels: int
+    pools: list | None = None
+    kernels: list | None = None
+
+    @property
+    def is_volume(self):
+        return self.pools is not None
+
+    @property
+    def plan(self):
+        """``{"pools": ..., "kernels": ...}`` of a volume net (as tuples), else ``None``."""
+        return ({"pools": [tuple(p) for p in self.pools],
+                 "kernels": [tuple(k) for k in self.kernels]} if self.is_volume else None)
 
 
 # What a fine-tune takes from its source as it is: the weights' shapes depend on these.
@@ -81,16 +96,24 @@ class ModelConfig:
     sampling: dict | None = None
     versions: dict = dataclasses.field(default_factory=dict)  # unet_tf, tensorflow, keras
     created: str | None = None
+    voxel_size: list | None = None   # Z, Y, X of the training volumes (volume nets only)
+
+    @property
+    def is_volume(self):
+        return self.architecture.is_volume
 
     @classmethod
     def for_run(cls, config, data_summary, distribution=None, plan=None, versions=None):
         """The config a training run with :class:`~unet_tf.config.TrainConfig` ``config`` on
         data described by ``data_summary`` (``channels``, ...) starts its folder with."""
+        axes = {"pools": None, "kernels": None}
+        if config.is_volume:
+            axes = {k: [list(level) for level in v] for k, v in config.volume_plan.items()}
         return cls(
             architecture=Architecture(config.depth, config.filters, config.upsampling,
                                       config.dropout, config.num_classes,
-                                      data_summary["channels"]),
-            tile_size=config.tile_size, class_names=tuple(config.class_names),
+                                      data_summary["channels"], **axes),
+            tile_size=config.tile_size, voxel_size=config.voxel_size, class_names=tuple(config.class_names),
             normalization=dict(config.normalization),
             postprocessing=default_postprocessing(config.target),
             training=config, data=dict(data_summary),
@@ -106,6 +129,8 @@ class ModelConfig:
     def output_size(self):
         """The output tile of the training tile (what the kit's fixed-shape exports use)."""
         a = self.architecture
+        if a.is_volume:
+            return list(volume_output_shape(tuple(self.tile_size), a.plan))
         return output_size(self.tile_size, a.depth, a.upsampling)
 
     @property
@@ -139,6 +164,7 @@ class ModelConfig:
             "created": self.created,
             "architecture": dataclasses.asdict(self.architecture),
             "tile_size": self.tile_size, "output_size": self.output_size,
+            **({"voxel_size": list(self.voxel_size)} if self.is_volume else {}),
             "class_names": list(self.class_names),
             "normalization": dict(self.normalization),
             "data": self.data, "training": dataclasses.asdict(self.training),
@@ -202,6 +228,10 @@ def fine_tune_source(folder, channels, settings=None):
     except FileNotFoundError as err:
         raise ValueError(f"cannot fine-tune: {err}") from None
     a = source.architecture
+    if a.is_volume != bool((settings or {}).get("voxel_size")):
+        raise ValueError(f"cannot fine-tune from {folder}: it is a "
+                         f"{'3-D' if a.is_volume else '2-D'} net, these are "
+                         f"{'volumes' if not a.is_volume else '2-D images'}")
     if a.channels != channels:
         raise ValueError(f"cannot fine-tune from {folder}: its net takes {a.channels}-channel "
                          f"images, these have {channels}")
@@ -246,7 +276,7 @@ def _from_format2(values):
         postprocessing=values.get("postprocessing") or default_postprocessing(target),
         training=training, data=values.get("data") or {},
         distribution=values.get("distribution") or {}, plan=values.get("plan"),
-        sampling=values.get("sampling"),
+        sampling=values.get("sampling"), voxel_size=values.get("voxel_size"),
         versions={"unet_tf": values.get("unet_tf_version"),
                   "tensorflow": values.get("tensorflow_version"),
                   "keras": values.get("keras_version")},

@@ -15,6 +15,8 @@ from .masks import as_instances, split_ignored
 PROBABILITY_CUTOFFS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SPLITS = (None, 0.5, 1, 2, 3, 5, 8)              # h of the h-maxima seeds, pixels
 MIN_SIZE_FRACTIONS = (0, 0.1, 0.25, 0.5, 0.75)   # of the 5th percentile of true object areas
+# Volumes: fewer candidates (a 3-D split takes seconds, not milliseconds).
+VOLUME_GRID = {"thresholds": (0.4, 0.5, 0.6), "splits": (None, 1, 2, 4)}
 
 
 def describe(settings):
@@ -40,7 +42,8 @@ def _pooled_scores(predictions, masks, ignored):
     return (2 * tp / (true + predicted) if true + predicted else 1.0), float(np.mean(aps))
 
 
-def tune(probabilities, masks, target="foreground", ignore_label=None):
+def tune(probabilities, masks, target="foreground", ignore_label=None, labeller=label_image,
+         grid=None):
     """Post-processing settings that maximise F1@0.5 of the objects of ``masks`` (instance
     labels) in the predicted ``probabilities`` (``(H, W, K)`` per image), with the mean AP as a
     tie-break: the threshold and the split first, then the smallest object kept. Mask pixels
@@ -50,10 +53,17 @@ def tune(probabilities, masks, target="foreground", ignore_label=None):
     report holds F1@0.5 before (the defaults: threshold 0.5, no split, nothing dropped) and
     after, and ``foreground_ratio``: the predicted foreground pixels (tuned, on annotated
     pixels) over the true ones.
+
+    ``labeller(probabilities, settings)`` makes the labels: :func:`unet_tf.instances.label_image`
+    for ``(H, W, K)`` images; for ``(Z, Y, X, K)`` volumes, ``ZYX`` masks, one that labels in 3-D
+    (:func:`unet_tf.volume_instances.label_volume` with the voxel size). ``grid``: other
+    candidate ``thresholds`` and ``splits`` (e.g. :data:`VOLUME_GRID`).
     """
-    split = [split_ignored(m, ignore_label, f"mask {i}") for i, m in enumerate(masks)]
+    grid = {"thresholds": PROBABILITY_CUTOFFS, "splits": SPLITS, **(grid or {})}
+    ndim = np.ndim(masks[0]) if len(masks) else 2
+    split = [split_ignored(m, ignore_label, f"mask {i}", ndim) for i, m in enumerate(masks)]
     ignored = [unannotated for _, unannotated in split]
-    masks = [as_instances(m, f"mask {i}") for i, (m, _) in enumerate(split)]
+    masks = [as_instances(m, f"mask {i}", ndim) for i, (m, _) in enumerate(split)]
     areas = np.concatenate([np.bincount(m.ravel())[1:] for m in masks])
     areas = areas[areas > 0]
     if not areas.size:
@@ -61,17 +71,17 @@ def tune(probabilities, masks, target="foreground", ignore_label=None):
     base = {**DEFAULT_SETTINGS, "target": target, "max_hole": int(np.median(areas))}
 
     def score(settings):
-        return _pooled_scores([label_image(p, settings) for p in probabilities], masks, ignored)
+        return _pooled_scores([labeller(p, settings) for p in probabilities], masks, ignored)
 
     def best_of(candidates):  # (settings, scores) of the best, each candidate scored once
         return max(((c, score(c)) for c in candidates), key=lambda scored: scored[1])
 
-    splits = SPLITS if target == "foreground" else (None,)
+    splits = grid["splits"] if target == "foreground" else (None,)
     best, _ = best_of([{**base, "threshold": t, "split": h}
-                       for t in PROBABILITY_CUTOFFS for h in splits])
+                       for t in grid["thresholds"] for h in splits])
     small = np.percentile(areas, 5)
     best, scores = best_of([{**best, "min_size": int(f * small)} for f in MIN_SIZE_FRACTIONS])
-    predicted = sum(np.count_nonzero(without_ignored(m, label_image(p, best), i)[1])
+    predicted = sum(np.count_nonzero(without_ignored(m, labeller(p, best), i)[1])
                     for p, m, i in zip(probabilities, masks, ignored))
     report = {"f1_before": score({**DEFAULT_SETTINGS, "target": target})[0],
               "f1_after": scores[0],

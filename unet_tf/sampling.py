@@ -8,8 +8,9 @@ large ones; with class-id masks, a class is drawn first, so a rare class counts 
 common one. With partial annotations (an ignore label), the other tiles are centred on a random
 annotated pixel instead of a uniform position, so they never fall wholly on unannotated pixels.
 
-Plain numpy, for the input pipeline (:mod:`unet_tf.data`) and the planner alike. Arrays are
-``YX``; a window is an output window of ``out x out`` pixels given by its top-left corner.
+Plain numpy, for the input pipelines (:mod:`unet_tf.data`, :mod:`unet_tf.volume_data`) and the
+planner alike. Arrays are ``YX`` (or ``ZYX``); a window is an output window of ``out x out``
+pixels (or a size per axis) given by its top-left corner.
 """
 
 import threading
@@ -27,7 +28,7 @@ def object_groups(mask, target):
     if target == "classes":
         values = mask.ravel()
         return [np.flatnonzero(values == k) for k in np.unique(values) if k > 0]
-    instances = as_instances(mask).ravel()
+    instances = as_instances(mask, ndim=mask.ndim).ravel()
     order = np.argsort(instances, kind="stable")
     bounds = np.searchsorted(instances[order], np.arange(1, instances.max() + 2))
     return [group for group in np.split(order, bounds)[1:-1] if group.size]
@@ -41,10 +42,14 @@ def window_range(n, out):
 
 def window_at(centre, shape, out):
     """The top-left corner of the window centred on the flat pixel index ``centre``, moved
-    inside the image's :func:`window_range`."""
-    y, x = divmod(int(centre), shape[1])
-    return tuple(int(np.clip(c - out // 2, *window_range(n, out)))
-                 for c, n in zip((y, x), shape))
+    inside the image's :func:`window_range` (``out``: a size, or one per axis)."""
+    outs = _per_axis(out, shape)
+    return tuple(int(np.clip(c - o // 2, *window_range(n, o)))
+                 for c, n, o in zip(np.unravel_index(int(centre), shape), shape, outs))
+
+
+def _per_axis(out, shape):
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,) * len(shape)
 
 
 def draw_window(rng, shape, out, groups=(), annotated=None, foreground_tiles=0.0):
@@ -60,7 +65,8 @@ def draw_window(rng, shape, out, groups=(), annotated=None, foreground_tiles=0.0
         return window_at(group[rng.integers(len(group))], shape, out)
     if annotated is not None and len(annotated):
         return window_at(annotated[rng.integers(len(annotated))], shape, out)
-    return tuple(int(rng.integers(lo, hi + 1)) for lo, hi in (window_range(n, out) for n in shape))
+    return tuple(int(rng.integers(lo, hi + 1))
+                 for lo, hi in (window_range(n, o) for n, o in zip(shape, _per_axis(out, shape))))
 
 
 def _windows_holding(foreground, out):

@@ -2,6 +2,7 @@
 writing a complete model folder (:mod:`unet_tf.model_folder`)."""
 
 import dataclasses
+import functools
 import shutil
 import warnings
 from pathlib import Path
@@ -16,16 +17,20 @@ from .callbacks import (BestModelCheckpoint, DivergenceGuard, PredictionImages, 
 from .data import class_labels, make_dataset
 from .distribute import (Backup, fit_custom_loop, is_chief, is_multiworker, make_strategy,
                          writable_path)
-from .images import check_image
+from .images import check_image, check_volume
 from .io import check_writable, write_atomically
 from .losses import weighted_pixel_loss
-from .memory import check_fits
-from .model import build_unet
+from .memory import check_fits, check_bytes_fit
+from .model import build_unet, build_unet_3d
 from .model_folder import (BACKUP_DIR, HISTORY_FILE, LOGS_DIR, MODEL_FILE, ModelConfig,
                            fine_tune_source, update_config, write_config)
-from .postprocess import describe, tune
+from .postprocess import VOLUME_GRID, describe, tune
 from .sampling import TileCounter
 from .tiling import predict_tiled
+from .volume_data import make_volume_dataset
+from .volume_instances import label_volume
+from .volume_sizes import volume_activation_bytes
+from .volume_tiling import predict_volume_tiled
 from .masks import split_ignored
 
 # A tuned model below either of these on its tuning images found almost none of the objects.
@@ -61,11 +66,20 @@ def _check_folder(out, overwrite):
     return out
 
 
-def _warn_if_one_class(masks, num_classes, target, ignore_label):
+def check_volume_fits(config, channels):
+    """Refuse (``ValueError``) a volume tile and batch that clearly cannot fit in memory."""
+    per_tile = volume_activation_bytes(config.tile_size, config.volume_plan, config.filters,
+                                       channels, config.num_classes)
+    check_bytes_fit(per_tile * config.batch_size, True,
+                    f"tile {'x'.join(map(str, config.tile_size))} x batch {config.batch_size}")
+
+
+def _warn_if_one_class(masks, num_classes, target, ignore_label, ndim=2):
     present = set()
     for mask in masks:
-        mask = split_ignored(mask, ignore_label)[0]
-        present |= set(np.unique(class_labels(mask, num_classes, target=target)).tolist())
+        mask = split_ignored(mask, ignore_label, ndim=ndim)[0]
+        present |= set(np.unique(class_labels(mask, num_classes, target=target,
+                                              ndim=ndim)).tolist())
     if len(present) < 2:
         warnings.warn(f"every training mask holds class {present.pop()} only: the network will "
                       "learn to predict that class everywhere", UserWarning, stacklevel=3)
@@ -126,9 +140,13 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     if names is None:
         names = [f"image {i}" for i in range(len(images))]
     out = _check_folder(config.out, overwrite)
-    channels = check_image(images[0], "image 0").shape[2] if len(images) else 1
-    check_fits(config.tile_size, config.batch_size, True, config.depth, config.filters,
-               config.upsampling, channels, config.num_classes)
+    if config.is_volume:
+        channels = check_volume(images[0], "volume 0").shape[3] if len(images) else 1
+        check_volume_fits(config, channels)
+    else:
+        channels = check_image(images[0], "image 0").shape[2] if len(images) else 1
+        check_fits(config.tile_size, config.batch_size, True, config.depth, config.filters,
+                   config.upsampling, channels, config.num_classes)
     if config.start_from:   # a bad source is refused here, before any work
         fine_tune_source(config.start_from, channels, dataclasses.asdict(config))
 
@@ -138,18 +156,26 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
         train_idx, val_idx = sorted(train_idx + val_idx), []  # see _fit_multiworker
     pick = lambda items, idx: [items[i] for i in idx]
     augmentation = Augmentation(elastic_sigma=config.elastic_sigma) if config.augment else False
-    common = dict(tile_size=config.tile_size, depth=config.depth, upsampling=config.upsampling,
-                  weight_map=config.weight_map, w0=config.w0, border_sigma=config.border_sigma,
+    common = dict(weight_map=config.weight_map, w0=config.w0, border_sigma=config.border_sigma,
                   class_weights=config.class_weights, num_classes=config.num_classes,
                   normalization=config.normalization, target=config.target,
                   foreground_tiles=config.foreground_tiles, ignore_label=config.ignore_label)
+    if config.is_volume:
+        common.update(tile_shape=config.tile_size, plan=config.volume_plan,
+                      voxel_size=config.voxel_size)
+        datasets, val_batch = make_volume_dataset, 1
+    else:
+        common.update(tile_size=config.tile_size, depth=config.depth,
+                      upsampling=config.upsampling)
+        datasets, val_batch = make_dataset, 4
     tiles = TileCounter()
-    train_data = make_dataset(pick(images, train_idx), pick(masks, train_idx),
-                              batch_size=config.batch_size * replicas, augment=augmentation,
-                              seed=config.seed, counter=tiles, **common)
-    val_data = (make_dataset(pick(images, val_idx), pick(masks, val_idx), batch_size=4,
-                             validation=True, seed=config.seed, **common) if val_idx else None)
-    _warn_if_one_class(masks, config.num_classes, config.target, config.ignore_label)
+    train_data = datasets(pick(images, train_idx), pick(masks, train_idx),
+                          batch_size=config.batch_size * replicas, augment=augmentation,
+                          seed=config.seed, counter=tiles, **common)
+    val_data = (datasets(pick(images, val_idx), pick(masks, val_idx), batch_size=val_batch,
+                         validation=True, seed=config.seed, **common) if val_idx else None)
+    _warn_if_one_class(masks, config.num_classes, config.target, config.ignore_label,
+                       3 if config.is_volume else 2)
     summary = {"images": len(images), "channels": channels,
                "train": pick(names, train_idx), "validation": pick(names, val_idx),
                "shapes": [list(np.shape(i)) for i in images],
@@ -168,8 +194,11 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     try:
         with strategy.scope():
             keras.utils.set_random_seed(config.seed)
-            model = build_unet((None, None, channels), config.num_classes, config.depth,
-                               config.filters, config.dropout, config.upsampling)
+            model = (build_unet_3d((None, None, None, channels), config.num_classes,
+                                   config.volume_plan, config.filters, config.dropout)
+                     if config.is_volume else
+                     build_unet((None, None, channels), config.num_classes, config.depth,
+                                config.filters, config.dropout, config.upsampling))
             if config.start_from:
                 _start_from(model, config.start_from, verbose)
             optimizer = make_optimizer(config)
@@ -268,13 +297,21 @@ def tune_postprocessing(model, config, out, images, masks, kind="validation", ve
 
     Returns ``(settings, report)``: the report of :func:`~unet_tf.postprocess.tune` with
     ``tuned_on``; ``(None, None)``, defaults kept, when the masks hold no objects."""
-    if not any(np.any(split_ignored(mask, config.ignore_label)[0]) for mask in masks):
+    ndim = 3 if config.is_volume else 2
+    if not any(np.any(split_ignored(mask, config.ignore_label, ndim=ndim)[0]) for mask in masks):
         if verbose:
             print(f"post-processing not tuned: the {kind} masks hold no objects", flush=True)
         return None, None
-    probabilities = [predict_tiled(model, image, normalization=config.normalization)
-                     for image in images]
-    settings, report = tune(probabilities, masks, config.target, config.ignore_label)
+    if config.is_volume:
+        probabilities = [predict_volume_tiled(model, volume, config.volume_plan,
+                                              config.normalization) for volume in images]
+        labeller = functools.partial(label_volume, voxel_size=config.voxel_size)
+        settings, report = tune(probabilities, masks, config.target, config.ignore_label,
+                                labeller, VOLUME_GRID)
+    else:
+        probabilities = [predict_tiled(model, image, normalization=config.normalization)
+                         for image in images]
+        settings, report = tune(probabilities, masks, config.target, config.ignore_label)
     report = {"tuned_on": f"{len(images)} {kind} images", **report}
     update_config(out, postprocessing={**settings, **report})
     if verbose:

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import overlap_tile
 from .backend import limit_threads
-from .images import check_image
+from .images import check_image, check_volume
 from .instances import label_image
 from .masks import split_ignored
 from .memory import BATCH_SIZE, inference_budget, inference_tile_size
@@ -30,6 +30,9 @@ from .metrics import evaluate as evaluate_image
 from .model_folder import EXPORT_DIR, LITERT_KINDS, RUNTIMES, load_model_folder, read_config
 from .sizes import output_size, size_rule
 from .tiling import OUTPUTS, predict_tiled, tile_count, tile_progress
+from .overlap_tile import window_grid_nd
+from .volume_sizes import check_volume_shape, volume_output_shape
+from .volume_tiling import periods, volume_tile_shape
 
 
 class UNet:
@@ -58,7 +61,9 @@ class UNet:
         if model is None and self.folder is None:
             raise ValueError("UNet needs a model or a model folder to load one from")
         a = config.architecture
-        self.period = size_rule(a.depth, a.upsampling)[1]
+        if a.is_volume and runtime != "keras":
+            raise ValueError("a 3-D net runs on the keras runtime only (no 3-D TFLite export yet)")
+        self.period = periods(a.plan) if a.is_volume else size_rule(a.depth, a.upsampling)[1]
         self.fixed_tile, self.description, self._forward = None, "Keras", None
         if runtime == "litert":
             self._litert_path = self._find_litert()
@@ -107,6 +112,11 @@ class UNet:
         return self._model
 
     @property
+    def is_volume(self):
+        """Whether this is a 3-D net (it predicts ``ZYX[C]`` volumes)."""
+        return self.config.is_volume
+
+    @property
     def num_classes(self):
         return self.config.architecture.num_classes
 
@@ -133,6 +143,9 @@ class UNet:
         if self.fixed_tile:
             return self.fixed_tile
         a = self.config.architecture
+        if a.is_volume:
+            return volume_tile_shape(image_shape, a.plan, a.filters, a.channels, a.num_classes,
+                                     batch_size)
         return inference_tile_size(image_shape, a.depth, a.upsampling, a.filters, a.channels,
                                    a.num_classes, batch_size, inference_budget())
 
@@ -140,6 +153,9 @@ class UNet:
         """How many tiles :meth:`predict` runs for an image of ``image_shape``."""
         a = self.config.architecture
         tile_size = tile_size or self.tile_size(image_shape, batch_size)
+        if a.is_volume:
+            out = volume_output_shape(tuple(tile_size), a.plan)
+            return len(window_grid_nd(image_shape[:3], out, self.period)[1])
         return tile_count(image_shape, tile_size, a.depth, a.upsampling)
 
     def _checked_tile(self, image_shape, tile_size, batch_size):
@@ -164,8 +180,11 @@ class UNet:
             progress: a ``keras.utils.Progbar`` or ``True`` for a new one.
 
         Returns:
-            The array :func:`unet_tf.predict_tiled` returns.
+            The array :func:`unet_tf.predict_tiled` returns. A 3-D net takes a ``ZYX``/``ZYXC``
+            volume and returns ``(Z, Y, X, K)`` (``"labels"``: ``(Z, Y, X)``), one tile a pass.
         """
+        if self.is_volume:
+            return self._predict_volume(image, output, tile_size, progress)
         image = check_image(image)
         tile_size = self._checked_tile(image.shape, tile_size, batch_size)
         if self.runtime == "keras":
@@ -183,6 +202,23 @@ class UNet:
         probabilities = overlap_tile.predict_image(
             image, self.predict_tiles, tile_size, output_size(tile_size, a.depth, a.upsampling),
             self.period, self.normalization, 1, on_batch=on_batch)
+        return as_output(probabilities, output)
+
+    def _predict_volume(self, volume, output, tile_shape, progress):
+        from .volume_tiling import predict_volume_tiled
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        volume = check_volume(volume, "volume")
+        if volume.shape[3] != self.channels:
+            raise ValueError(f"volume has {volume.shape[3]} channels, the model expects "
+                             f"{self.channels}")
+        tile_shape = tuple(tile_shape or self.tile_size(volume.shape, 1))
+        check_volume_shape(tile_shape, self.config.architecture.plan)
+        on_batch = tile_progress(progress, self.tile_count(volume.shape, tile_shape, 1)) \
+            if progress else None
+        probabilities = predict_volume_tiled(self.model, volume, self.config.architecture.plan,
+                                             self.normalization, tile_shape, 1,
+                                             on_batch=on_batch)
         return as_output(probabilities, output)
 
     def predict_window(self, image, value_range, window):
@@ -247,8 +283,13 @@ class UNet:
     def postprocess(self, probabilities, **overrides):
         """Labels from :meth:`predict`'s probabilities ``(H, W, K)``: instance labels (``YX``)
         for the foreground and boundary targets, class ids for a multi-class net.
-        ``overrides`` replace single settings, e.g. ``min_size=50``."""
-        return label_image(probabilities, {**self.postprocessing, **overrides})
+        ``overrides`` replace single settings, e.g. ``min_size=50``. A 3-D net's
+        ``(Z, Y, X, K)`` give ``ZYX`` labels (:func:`unet_tf.volume_instances.label_volume`)."""
+        settings = {**self.postprocessing, **overrides}
+        if self.is_volume:
+            from .volume_instances import label_volume
+            return label_volume(probabilities, settings, self.config.voxel_size)
+        return label_image(probabilities, settings)
 
     def segment(self, image, postprocessing=None, **options):
         """What a person uses: :meth:`postprocess` (with ``postprocessing`` overrides, a dict)
@@ -275,7 +316,8 @@ class UNet:
         class_names = self.class_names if self.postprocessing["target"] == "classes" else None
         rows = {}
         for name, image, mask in zip(names, images, masks):
-            mask, ignored = split_ignored(mask, ignore_label, f"mask {name}")
+            mask, ignored = split_ignored(mask, ignore_label, f"mask {name}",
+                                          3 if self.is_volume else 2)
             rows[name] = evaluate_image(mask, self.segment(image, postprocessing,
                                                            progress=progress),
                                         class_names, ignored)

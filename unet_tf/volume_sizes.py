@@ -166,3 +166,30 @@ def next_valid_volume_shape(shape, plan):
         out.append(smallest if size <= smallest
                    else smallest + -(-(size - smallest) // step) * step)
     return tuple(out)
+
+
+def volume_activation_bytes(shape, plan, filters, channels=1, num_classes=2):
+    """Bytes of all float32 layer outputs of :func:`unet_tf.build_unet_3d` for one valid
+    ``shape`` (Z, Y, X) input, counted from the per-axis sizes (no model is built)."""
+    check_volume_shape(tuple(shape), plan)
+    traces = [trace_axis(size, p, k) for size, (p, k) in zip(shape, per_axis(plan))]
+    kernels, depth = plan["kernels"], len(plan["kernels"])
+    voxels = lambda sizes: math.prod(sizes)
+    total = voxels(shape) * channels
+    size = list(shape)
+    for level in range(depth):       # contracting path and bottom: two convs (and a pool)
+        width = filters * 2 ** level
+        first = [s - (k - 1) for s, k in zip(size, kernels[level])]
+        size = [f - (k - 1) for f, k in zip(first, kernels[level])]
+        total += (voxels(first) + voxels(size)) * width
+        if level < depth - 1:
+            size = [s // p for s, p in zip(size, plan["pools"][level])]
+            total += voxels(size) * width
+    for step, level in enumerate(reversed(range(depth - 1))):   # up-conv, crop, concat, convs
+        width = filters * 2 ** level
+        up = [t[1][step] for t in traces]
+        total += voxels(up) * width * 4   # up-conv, cropped skip, concatenation (2 widths)
+        first = [u - (k - 1) for u, k in zip(up, kernels[level])]
+        size = [f - (k - 1) for f, k in zip(first, kernels[level])]
+        total += (voxels(first) + voxels(size)) * width
+    return 4 * (total + voxels(size) * num_classes)
