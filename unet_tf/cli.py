@@ -202,13 +202,14 @@ def _percent(fraction):
 def _print_plan(plan, images_dir):
     from .planner import format_duration
     fp = plan.fingerprint
-    print(f"data: {fp['images']} image(s) in {images_dir}, {fp['objects']} objects "
-          f"(diameter {fp['diameter_p5_p50_p95'][1]:g} px median, "
-          f"{fp['diameter_p5_p50_p95'][2]:g} px 95th percentile), "
-          f"{100 * fp['touching_fraction']:.0f} % touching, "
-          f"{_percent(fp['foreground_fraction'])} foreground"
-          + (f" ({_percent(fp['annotated_fraction'])} of the pixels annotated)"
-             if fp.get("annotated_fraction", 1) < 1 else ""))
+    if "voxel_size" in fp:
+        print(f"data: {fp['volumes']} volume(s) in {images_dir} (ZYX, a 3-D net), voxel size "
+              f"{'x'.join(f'{v:g}' for v in fp['voxel_size'])} (anisotropy "
+              f"{fp['anisotropy']:g}), {fp['objects']} objects (median "
+              f"{fp['object_voxels_median']} voxels, diameter {fp['diameter_median']:g} in "
+              "voxel-size units)")
+    else:
+        _print_image_data(fp, images_dir)
     hw = plan.hardware
     gpus = ", ".join(g["name"] for g in hw["gpus"]) or "no GPU"
     print(f"machine: {gpus}, {hw['cpu_cores']} CPU cores, {hw['available_ram_gib']} GiB free")
@@ -218,10 +219,48 @@ def _print_plan(plan, images_dir):
               f"{format_duration(plan.time_budget)} budget")
 
 
+def _print_image_data(fp, images_dir):
+    print(f"data: {fp['images']} image(s) in {images_dir}, {fp['objects']} objects "
+          f"(diameter {fp['diameter_p5_p50_p95'][1]:g} px median, "
+          f"{fp['diameter_p5_p50_p95'][2]:g} px 95th percentile), "
+          f"{100 * fp['touching_fraction']:.0f} % touching, "
+          f"{_percent(fp['foreground_fraction'])} foreground"
+          + (f" ({_percent(fp['annotated_fraction'])} of the pixels annotated)"
+             if fp.get("annotated_fraction", 1) < 1 else ""))
+
+
+def _volume_run(args, given):
+    """``(config, plan, data)`` of a 3-D run when the data are volumes (``--axes ZYX``, a
+    ``--voxel-size`` or the files' axes say Z), else ``None``."""
+    from .io import list_images
+    from .volume_files import is_volume_stack, parse_voxel_size
+    voxel = parse_voxel_size(args.voxel_size) if args.voxel_size else None
+    if args.axes == "TYX" and voxel:
+        raise ValueError("--axes TYX trains a 2-D net over the frames; --voxel-size is for "
+                         "volumes (--axes ZYX)")
+    if not is_volume_stack(list_images(args.images, "images")[0], args.axes, voxel):
+        return None
+    if args.preset:
+        raise ValueError("the presets are 2-D nets; a volume run is planned (leave --preset out)")
+    from .volume_files import load_volume_pairs, volume_voxel_size
+    from .volume_planner import make_volume_plan
+    volumes, masks, names, paths = load_volume_pairs(args.images, args.masks)
+    voxel = volume_voxel_size(paths, voxel)
+    if isinstance(given.get("tile_size"), int):
+        raise ValueError("a volume's --tile-size is planned (Z,Y,X); leave it out")
+    plan = make_volume_plan(volumes, masks, voxel, args.time_budget, given)
+    return (plan.config(out=args.out, images=args.images, masks=args.masks), plan,
+            (volumes, masks, names))
+
+
 def _planned_run(args):
     """``(config, plan, data)`` of a train/plan command: from --config, a preset, or the plan."""
     from .planner import configure_run, repeat_run
     given = _given_settings(args)
+    if not getattr(args, "config", None) and args.images and args.masks:
+        volume = _volume_run(args, given)
+        if volume:
+            return volume
     if getattr(args, "config", None):
         return repeat_run(args.config, given,
                           fixed=dict(out=args.out, images=args.images, masks=args.masks))
@@ -316,6 +355,13 @@ def _add_train_settings(p):
     p.add_argument("--mixed-precision", action="store_true",
                    help="mixed_float16 compute on GPUs (logits and loss stay float32)")
     p.add_argument("--seed", type=int, help=f"random seed ({d.seed})")
+    p.add_argument("--axes", choices=("ZYX", "TYX"),
+                   help="what a TIFF stack's first axis is: ZYX, a volume (a 3-D net); TYX, "
+                   "frames (a 2-D net). Default: the files' OME/ImageJ axes; stacks that do not "
+                   "say train a 2-D net over their frames")
+    p.add_argument("--voxel-size", metavar="Z,Y,X",
+                   help="the volumes' voxel size (implies --axes ZYX; default: their OME-TIFF "
+                   "or ImageJ metadata)")
 
 
 def _add_ignore_label(p):
@@ -432,6 +478,8 @@ def _cmd_predict(args):
     from .unet import UNet
     from .io import read_frames
     unet = UNet.from_folder(args.model)
+    if unet.is_volume:
+        return _predict_volumes(unet, planned, args)
     batch_size = args.batch_size or BATCH_SIZE
     for labels_path, source in planned.items():
         frames = read_frames(source)
@@ -444,6 +492,28 @@ def _cmd_predict(args):
                          args.overwrite)
         print(f"{source} -> {labels_path} ({int(masks[0].max())} objects"
               f"{' in frame 0' if len(masks) > 1 else ''})")
+
+
+def _predict_volumes(unet, planned, args):
+    """A 3-D model: each input a ``ZYX[C]`` volume, its labels a ``ZYX`` TIFF."""
+    from .postprocess import write_volume_prediction
+    from .volume_files import read_volume
+    if args.tile_size or args.batch_size:
+        raise ValueError("a 3-D model chooses its tiles by memory (the result is the same for "
+                         "any valid tile): leave --tile-size/--batch-size out")
+    volumes = {labels: read_volume(source) for labels, source in planned.items()}
+    for (labels_path, source), volume in zip(planned.items(), volumes.values()):
+        if volume.ndim == 4 and volume.shape[3] != unet.channels:
+            raise ValueError(f"{source} has {volume.shape[3]} channels, the model expects "
+                             f"{unet.channels}")
+    for labels_path, source in planned.items():
+        volume = volumes[labels_path]
+        bar = _progress_bar(unet.tile_count(volume.shape[:3], None, 1), args.quiet)
+        probabilities = unet.predict(volume, progress=bar or False)
+        labels = unet.postprocess(probabilities, **_postprocessing(args))
+        write_volume_prediction(labels_path, volume, labels,
+                                probabilities if args.probabilities else None, args.overwrite)
+        print(f"{source} -> {labels_path} ({int(labels.max())} objects in 3-D)")
 
 
 def _counter(quiet, unit):
@@ -540,10 +610,14 @@ def _cmd_evaluate(args):
     from .io import check_writable, load_pairs, write_atomically
     from .metrics import metrics_table
     from .unet import UNet
-    images, masks, names = load_pairs(args.images, args.masks)
     if args.json:
         check_writable(Path(args.json).parent, "--json folder")
-    unet = UNet.from_folder(args.model)
+    unet = UNet.from_folder(args.model, lazy=True)
+    if unet.is_volume:
+        from .volume_files import load_volume_pairs
+        images, masks, names, _ = load_volume_pairs(args.images, args.masks)
+    else:
+        images, masks, names = load_pairs(args.images, args.masks)
     rows = unet.evaluate(images, masks, names, progress=_progress_verbosity(args.quiet) == 1,
                          postprocessing=_postprocessing(args), ignore_label=args.ignore_label)
     table, mean = metrics_table(rows)

@@ -424,7 +424,7 @@ def minimum_budget(step_seconds, validation_tiles=0, tuning=0.0):
     return SETUP_SECONDS + tuning + MIN_STEPS * per_step + MIN_EPOCHS * per_epoch
 
 
-def _steps(budget, step_seconds, validation_tiles, tuning):
+def fill_budget(budget, step_seconds, validation_tiles, tuning):
     """``(epochs, steps_per_epoch, estimated_seconds)`` filling ``budget``, or a
     ``ValueError`` naming the minimum budget that works."""
     minimum = minimum_budget(step_seconds, validation_tiles, tuning)
@@ -518,7 +518,7 @@ def make_plan(images, masks, time_budget=None, overrides=None, machine=None,
         tuned_on * pixels / 1e6))
     if at_least_minimum:
         budget = plan.time_budget = max(budget, minimum_budget(plan.step_seconds, tiles, tuning))
-    epochs, steps, plan.estimated_seconds = _steps(budget, plan.step_seconds, tiles, tuning)
+    epochs, steps, plan.estimated_seconds = fill_budget(budget, plan.step_seconds, tiles, tuning)
     settings["epochs"], settings["steps_per_epoch"] = epochs, steps
     reasons["epochs"] = (f"{epochs * steps} steps of {plan.step_seconds:.3f} s (timed here) fill "
                          f"the {format_duration(budget)} budget: ~{format_duration(plan.estimated_seconds)}")

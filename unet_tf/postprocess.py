@@ -122,3 +122,15 @@ def write_prediction(labels_path, frames, labels, probabilities=None, overwrite=
     write_image(paths[1], overlay(frames[0], labels[0]), overwrite=overwrite)
     if probabilities is not None:
         write_image(paths[2], stack(probabilities), overwrite=overwrite)
+
+
+def write_volume_prediction(labels_path, volume, labels, probabilities=None, overwrite=False):
+    """Write a volume's results: its ``ZYX`` labels, the overlay of its middle slice and, if
+    given, the ``ZYXK`` probabilities; each file atomically."""
+    from .io import write_image
+    paths = prediction_paths(labels_path, probabilities is not None)
+    middle = labels.shape[0] // 2
+    write_image(paths[0], labels, overwrite=overwrite)
+    write_image(paths[1], overlay(volume[middle], labels[middle]), overwrite=overwrite)
+    if probabilities is not None:
+        write_image(paths[2], probabilities, overwrite=overwrite)

