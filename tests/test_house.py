@@ -20,11 +20,12 @@ from unet_tf.tiling import predict_tiled
 
 PACKAGE = Path(unet_tf.__file__).parent
 REPO = PACKAGE.parent
-TRAINING_CODE = {"training", "data", "augment", "distribute", "callbacks", "losses"}
+TRAINING_CODE = {"training", "data", "augment", "distribute", "callbacks", "losses",
+                 "volume_data"}
 PREDICTION_AND_EXPORT = {"tiling", "model_folder", "unet", "metrics", "postprocess", "chunked",
                          "omezarr", "exporters", "exporters.common", "exporters.savedmodel",
                          "exporters.tflite", "exporters.onnx", "exporters.bioimageio",
-                         "exporters.edgetpu"}
+                         "exporters.edgetpu", "volume_tiling", "volume_instances"}
 
 
 def module_name(path):
@@ -101,7 +102,8 @@ def test_prediction_and_export_import_no_training_code():
 @pytest.mark.parametrize("module", ["", "cli", "sizes", "config", "io", "metrics", "instances",
                                     "images", "planner", "errors", "version", "model_folder",
                                     "masks", "stitching", "cluster", "chunked", "memory",
-                                    "volume_sizes"])
+                                    "volume_sizes", "volume_files", "volume_instances",
+                                    "volume_planner"])
 def test_the_package_the_cli_and_the_pure_modules_import_no_tensorflow(module):
     reached = reached_from(import_graph(top_level_only=True), module) | {module}
     assert "backend" not in reached, f"unet_tf.{module} reaches unet_tf.backend (TensorFlow)"

@@ -14,7 +14,8 @@ from unet_tf.volume_data import make_volume_dataset
 from unet_tf.volume_instances import fill_holes_3d, label_volume
 from unet_tf.volume_sizes import (next_valid_volume_shape, plan_axes, volume_activation_bytes,
                                   volume_output_shape)
-from unet_tf.volume_tiling import predict_volume_tiled, volume_tile_shape
+from unet_tf.memory import volume_tile_shape
+from unet_tf.volume_tiling import predict_volume_tiled
 
 ANISOTROPIC = (1.0, 0.2, 0.2)   # 5 slices at 1 um over 0.2 um pixels
 

@@ -469,6 +469,10 @@ def _cmd_predict(args):
                          "OME-Zarr, --workers, --scheduler and --runtime litert choose their tiles "
                          "per chunk or image (the result is the same for any valid tile)")
     check_writable(Path(args.out).parent if large else args.out)
+    from .model_folder import read_config
+    if (large or spread) and read_config(args.model).is_volume:
+        raise ValueError("a 3-D net predicts TIFF stacks in this process for now: OME-Zarr, "
+                         "--workers, --scheduler and --runtime litert take 2-D nets")
     if large:
         return _predict_large(inputs[0], args)
     planned = _planned_outputs(inputs, args)

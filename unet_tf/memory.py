@@ -99,6 +99,32 @@ def inference_tile_size(image_shape, depth=5, upsampling="transpose", filters=64
     return min(largest, input_size_for_output(per_tile, depth, upsampling))
 
 
+def volume_tile_shape(volume_shape, plan, filters, channels=1, num_classes=2, batch_size=1,
+                      budget=None):
+    """The tile prediction uses for a ``ZYX`` ``volume_shape``: per axis the smallest valid
+    size whose output covers the volume, then the largest axis shrunk by its size step
+    until a batch fits ``budget`` bytes (default :func:`unet_tf.memory.inference_budget`);
+    never below an output of one pooling period (tiles must line up)."""
+    from .volume_sizes import (axis_periods, axis_rule, next_valid_volume_shape, per_axis,
+                               volume_activation_bytes)
+    budget = budget or inference_budget()
+    rules = [axis_rule(p, k) for p, k in per_axis(plan)]
+    tile = list(next_valid_volume_shape([n + shrink for n, (_, _, shrink)
+                                         in zip(volume_shape[:3], rules)], plan))
+    least = next_valid_volume_shape([period + shrink for period, (_, _, shrink)
+                                     in zip(axis_periods(plan), rules)], plan)
+    least = [min(t, m) for t, m in zip(tile, least)]
+    fits = lambda t: batch_size * volume_activation_bytes(t, plan, filters, channels,
+                                                          num_classes) <= budget
+    while not fits(tile):
+        shrinkable = [a for a in range(3) if tile[a] - rules[a][1] >= least[a]]
+        if not shrinkable:
+            break
+        axis = max(shrinkable, key=lambda a: tile[a])
+        tile[axis] -= rules[axis][1]
+    return tuple(tile)
+
+
 def check_fits(tile_size, batch_size, training, depth=5, filters=64, upsampling="transpose",
                channels=1, num_classes=2):
     """Raise ``ValueError`` if a batch of tiles clearly cannot fit in host memory.

@@ -25,14 +25,13 @@ from .backend import limit_threads
 from .images import check_image, check_volume
 from .instances import label_image
 from .masks import split_ignored
-from .memory import BATCH_SIZE, inference_budget, inference_tile_size
+from .memory import BATCH_SIZE, inference_budget, inference_tile_size, volume_tile_shape
 from .metrics import evaluate as evaluate_image
 from .model_folder import EXPORT_DIR, LITERT_KINDS, RUNTIMES, load_model_folder, read_config
 from .sizes import output_size, size_rule
-from .tiling import OUTPUTS, predict_tiled, tile_count, tile_progress
 from .overlap_tile import window_grid_nd
-from .volume_sizes import check_volume_shape, volume_output_shape
-from .volume_tiling import periods, volume_tile_shape
+from .tiling import OUTPUTS, predict_tiled, tile_count, tile_progress
+from .volume_sizes import axis_periods, check_volume_shape, volume_output_shape
 
 
 class UNet:
@@ -63,7 +62,7 @@ class UNet:
         a = config.architecture
         if a.is_volume and runtime != "keras":
             raise ValueError("a 3-D net runs on the keras runtime only (no 3-D TFLite export yet)")
-        self.period = periods(a.plan) if a.is_volume else size_rule(a.depth, a.upsampling)[1]
+        self.period = axis_periods(a.plan) if a.is_volume else size_rule(a.depth, a.upsampling)[1]
         self.fixed_tile, self.description, self._forward = None, "Keras", None
         if runtime == "litert":
             self._litert_path = self._find_litert()

@@ -13,7 +13,7 @@ objects smaller than ``min_size`` voxels are dropped. Face connectivity (6) thro
 import numpy as np
 from scipy import ndimage as ndi
 
-from .instances import check_settings, remove_small
+from .instances import check_settings, fill_holes, remove_small
 
 _FACES = ndi.generate_binary_structure(3, 1)
 _LEVELS = 32  # flooding order: priority quantised to this many levels (as in 2-D)
@@ -49,10 +49,13 @@ def label_volume(probabilities, settings=None, voxel_size=(1.0, 1.0, 1.0)):
 
 
 def fill_holes_3d(mask, max_volume):
-    """``mask`` (bool ``ZYX``) with holes of at most ``max_volume`` voxels filled."""
+    """``mask`` (bool ``ZYX``) with holes of at most ``max_volume`` voxels filled: enclosed in
+    3-D, or in a slice's plane (a stack of a few slices has dark spots inside its nuclei that
+    reach the top or bottom face, so are no 3-D holes; their area counts as voxels)."""
     mask = np.asarray(mask, bool)
     if not max_volume:
         return mask
+    mask = np.stack([fill_holes(plane, max_volume) for plane in mask])
     holes, count = ndi.label(~mask, _FACES)
     sizes = np.bincount(holes.ravel(), minlength=count + 1)
     fill = sizes <= max_volume

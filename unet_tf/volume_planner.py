@@ -23,7 +23,7 @@ from .masks import as_instances, split_ignored
 from .planner import (DEFAULT_BUDGET, Plan, fill_budget, format_duration, hardware,
                       parse_duration)
 from .volume_sizes import plan_axes, volume_output_shape
-from .volume_tiling import volume_tile_shape
+from .memory import volume_tile_shape
 
 TILE_MEMORY = {"cpu": 256 * 2 ** 20, "gpu": 2 * 2 ** 30}   # activations of one training tile
 TUNING_SECONDS_PER_MVOXEL = 20.0   # 3-D post-processing tuning (~17 settings, seconds each)

@@ -193,3 +193,8 @@ def volume_activation_bytes(shape, plan, filters, channels=1, num_classes=2):
         size = [f - (k - 1) for f, k in zip(first, kernels[level])]
         total += (voxels(first) + voxels(size)) * width
     return 4 * (total + voxels(size) * num_classes)
+
+
+def axis_periods(plan):
+    """The pooling period along each axis (the product of its pools)."""
+    return [math.prod(pools) for pools, _ in per_axis(plan)]

@@ -18,6 +18,8 @@ export leaves the previous one untouched.
 
 import importlib
 
+from ..model_folder import read_config
+
 FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "edgetpu", "onnx", "bioimageio")
 
 
@@ -49,6 +51,9 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if read_config(model_dir).is_volume:
+        raise ValueError(f"{model_dir} is a 3-D net: its exports are not written yet (the "
+                         "model folder's model.keras runs with unet-tf predict)")
     if format.startswith("tflite"):
         from . import tflite
         return tflite.export(model_dir, tflite.KINDS[format], tile_size, calibration_images,
