@@ -89,6 +89,12 @@ def test_train_predict_evaluate_round_trip_on_the_real_stack(sample_folders, tmp
                  "--quiet"]) == 0
     scores = json.loads(metrics.read_text())["images"]["nuclei"]
     assert scores["true"] == 9 and 0 <= scores["f1"] <= 1
+    again = tmp_path / "again"                       # train --config repeats a 3-D run
+    assert main(["train", "--config", model / "config.json", "--out", again,
+                 "--epochs", "1", "--steps-per-epoch", "3", "--quiet"]) == 0
+    repeated = json.loads((again / "config.json").read_text())
+    assert repeated["architecture"] == saved["architecture"]
+    assert repeated["tile_size"] == saved["tile_size"]
     flat = tmp_path / "flat" / "a.tif"
     tifffile.imwrite(flat.parent.mkdir() or flat, np.zeros((64, 64), np.uint16))
     assert main(["predict", model, flat, "--out", tmp_path / "p2"]) == 2   # 2-D for a 3-D net

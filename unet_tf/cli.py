@@ -206,8 +206,8 @@ def _print_plan(plan, images_dir):
         print(f"data: {fp['volumes']} volume(s) in {images_dir} (ZYX, a 3-D net), voxel size "
               f"{'x'.join(f'{v:g}' for v in fp['voxel_size'])} (anisotropy "
               f"{fp['anisotropy']:g}), {fp['objects']} objects (median "
-              f"{fp['object_voxels_median']} voxels, diameter {fp['diameter_median']:g} in "
-              "voxel-size units)")
+              f"{fp['object_voxels_median']} voxels, diameter {fp['diameter_median']:g} in the "
+              "voxel size's unit)")
     else:
         _print_image_data(fp, images_dir)
     hw = plan.hardware

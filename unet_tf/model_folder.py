@@ -209,6 +209,9 @@ class ModelConfig:
              f"class_names must name {a.num_classes} classes, got {list(self.class_names)}"),
             (valid_normalization(self.normalization),
              f"normalization is not one unet-tf writes: {self.normalization!r}"),
+            (not a.is_volume or (isinstance(self.voxel_size, (list, tuple))
+                                 and len(self.voxel_size) == 3),
+             f"a 3-D net needs its voxel_size (Z, Y, X), got {self.voxel_size!r}"),
             (self.target in (*INSTANCE_TARGETS, "classes"),
              f"postprocessing.target must be one of {(*INSTANCE_TARGETS, 'classes')}, got "
              f"{self.target!r}"),

@@ -561,7 +561,11 @@ def repeat_run(config_json, given=None, fixed=None):
     stored = ModelConfig.from_dict(stored, source=str(config_json))
     settings = {**dataclasses.asdict(stored.training), **dict(given or {}),
                 **{name: value for name, value in (fixed or {}).items() if value is not None}}
-    data = load_pairs(settings.get("images"), settings.get("masks"))
+    if settings.get("voxel_size"):   # a 3-D run: each file one volume
+        from .volume_files import load_volume_pairs
+        data = load_volume_pairs(settings.get("images"), settings.get("masks"))[:3]
+    else:
+        data = load_pairs(settings.get("images"), settings.get("masks"))
     return TrainConfig.from_dict(_with_normalization(settings, data[0])), stored.plan, data
 
 
