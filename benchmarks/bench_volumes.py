@@ -144,7 +144,9 @@ def main():
     ours = results["3d"]
     for key, name in (("otsu", "Otsu + watershed 3-D"), ("2d", "2-D frame by frame"),
                       ("2d3d", "2-D frame by frame + 3-D labelling")):
-        print(f"RESULT 3-D U-Net vs {name}: ratio={ours['f1'] / max(results[key]['f1'], 1e-9):.2f}x "
+        ratio = (f"{ours['f1'] / results[key]['f1']:.2f}x" if results[key]["f1"] else
+                 "inf (baseline F1 0)")
+        print(f"RESULT 3-D U-Net vs {name}: ratio={ratio} "
               f"(baseline F1 {results[key]['f1']:.3f} IoU {results[key]['foreground_iou']:.3f}, "
               f"ours F1 {ours['f1']:.3f} IoU {ours['foreground_iou']:.3f})")
 

@@ -19,14 +19,15 @@ MIN_SIZE_FRACTIONS = (0, 0.1, 0.25, 0.5, 0.75)   # of the 5th percentile of true
 VOLUME_GRID = {"thresholds": (0.4, 0.5, 0.6), "splits": (None, 1, 2, 4)}
 
 
-def describe(settings):
-    """The post-processing settings in a few words, for logs."""
+def describe(settings, unit="px"):
+    """The post-processing settings in a few words, for logs (``unit``: of sizes; a volume's
+    are ``"voxels"``, its split ``h`` in in-plane pixels)."""
     if settings.get("target") == "classes":
         return "class ids"
     split = ("split on predicted boundaries" if settings["target"] == "boundary" else
              f"split at h {settings['split']:g} px" if settings["split"] else "no split")
-    return (f"threshold {settings['threshold']:g}, {split}, objects >= {settings['min_size']} px, "
-            f"holes <= {settings['max_hole']} px filled")
+    return (f"threshold {settings['threshold']:g}, {split}, objects >= {settings['min_size']} "
+            f"{unit}, holes <= {settings['max_hole']} {unit} filled")
 
 
 def _pooled_scores(predictions, masks, ignored):

@@ -315,9 +315,11 @@ def tune_postprocessing(model, config, out, images, masks, kind="validation", ve
     report = {"tuned_on": f"{len(images)} {kind} images", **report}
     update_config(out, postprocessing={**settings, **report})
     if verbose:
-        print(f"post-processing tuned on {len(images)} {kind} image(s): F1@0.5 "
-              f"{report['f1_before']:.3f} -> {report['f1_after']:.3f} ({describe(settings)})",
-              flush=True)
+        what = "volume(s)" if config.is_volume else "image(s)"
+        unit = "voxels" if config.is_volume else "px"
+        print(f"post-processing tuned on {len(images)} {kind} {what}: F1@0.5 "
+              f"{report['f1_before']:.3f} -> {report['f1_after']:.3f} "
+              f"({describe(settings, unit)})", flush=True)
     return settings, report
 
 

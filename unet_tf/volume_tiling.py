@@ -19,7 +19,8 @@ def volume_forward(model, output="probabilities"):
         ref = weakref.ref(model)
         spec = tf.TensorSpec([None, None, None, None, model.input_shape[-1]], tf.float32)
         convert = tf.nn.softmax if output == "probabilities" else tf.identity
-        traced = tf.function(lambda x: convert(ref()(x, training=False)), input_signature=[spec])
+        traced = tf.function(lambda x: convert(ref()(x, training=False)), input_signature=[spec],
+                             autograph=False)
         functions[output] = lambda tiles: traced(tiles).numpy()
     return functions[output]
 

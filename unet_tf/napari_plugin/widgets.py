@@ -120,6 +120,9 @@ def _segment(folder, frames, with_probabilities):
     from unet_tf.omezarr import open_image
     from unet_tf.instances import label_image
     model = UNet.cached(folder)
+    if model.is_volume:
+        raise ValueError(f"{folder} is a 3-D net: segment volumes with `unet-tf predict` (the "
+                         "napari widgets take 2-D nets for now)")
     frames = [overlap_tile.as_yxc_with(frame, model.channels) for frame in frames]
     chunk = max(SEGMENT_CHUNK - SEGMENT_CHUNK % model.period, model.period)
     windows = [chunked.chunk_windows(frame.shape, chunk) for frame in frames]
