@@ -268,6 +268,10 @@ def _planned_run(args):
         raise ValueError("give --images and --masks (or --config of an earlier run)")
     from .io import load_pairs
     data = load_pairs(args.images, args.masks)
+    if any("#" in name for name in data[2]):   # pages of stacks: say which dimension they are
+        why = "--axes TYX" if args.axes else "their axes do not say Z"
+        print(f"stacks: their pages train a 2-D net as frames ({why}; --axes ZYX or "
+              "--voxel-size trains a 3-D net on them)")
     config, plan = configure_run(data[0], data[1], given, args.time_budget, args.preset,
                                  fixed=dict(out=args.out, images=args.images, masks=args.masks))
     return config, plan, data
@@ -501,17 +505,14 @@ def _cmd_predict(args):
 def _predict_volumes(unet, planned, args):
     """A 3-D model: each input a ``ZYX[C]`` volume, its labels a ``ZYX`` TIFF."""
     from .postprocess import write_volume_prediction
-    from .volume_files import read_volume
+    from .volume_files import check_volume_file, read_volume
     if args.tile_size or args.batch_size:
         raise ValueError("a 3-D model chooses its tiles by memory (the result is the same for "
                          "any valid tile): leave --tile-size/--batch-size out")
-    volumes = {labels: read_volume(source) for labels, source in planned.items()}
-    for (labels_path, source), volume in zip(planned.items(), volumes.values()):
-        if volume.ndim == 4 and volume.shape[3] != unet.channels:
-            raise ValueError(f"{source} has {volume.shape[3]} channels, the model expects "
-                             f"{unet.channels}")
+    for source in planned.values():   # every input checked before the first is predicted
+        check_volume_file(source, unet.channels)
     for labels_path, source in planned.items():
-        volume = volumes[labels_path]
+        volume = read_volume(source)
         bar = _progress_bar(unet.tile_count(volume.shape[:3], None, 1), args.quiet)
         probabilities = unet.predict(volume, progress=bar or False)
         labels = unet.postprocess(probabilities, **_postprocessing(args))

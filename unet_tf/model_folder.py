@@ -162,7 +162,8 @@ class ModelConfig:
             "tensorflow_version": self.versions.get("tensorflow"),
             "keras_version": self.versions.get("keras"),
             "created": self.created,
-            "architecture": dataclasses.asdict(self.architecture),
+            "architecture": {k: v for k, v in dataclasses.asdict(self.architecture).items()
+                             if v is not None or k not in ("pools", "kernels")},  # 2-D: as before
             "tile_size": self.tile_size, "output_size": self.output_size,
             **({"voxel_size": list(self.voxel_size)} if self.is_volume else {}),
             "class_names": list(self.class_names),

@@ -29,7 +29,6 @@ from .memory import BATCH_SIZE, inference_budget, inference_tile_size, volume_ti
 from .metrics import evaluate as evaluate_image
 from .model_folder import EXPORT_DIR, LITERT_KINDS, RUNTIMES, load_model_folder, read_config
 from .sizes import output_size, size_rule
-from .overlap_tile import window_grid_nd
 from .tiling import OUTPUTS, predict_tiled, tile_count, tile_progress
 from .volume_sizes import axis_periods, check_volume_shape, volume_output_shape
 
@@ -154,7 +153,7 @@ class UNet:
         tile_size = tile_size or self.tile_size(image_shape, batch_size)
         if a.is_volume:
             out = volume_output_shape(tuple(tile_size), a.plan)
-            return len(window_grid_nd(image_shape[:3], out, self.period)[1])
+            return len(overlap_tile.window_grid_nd(image_shape[:3], out, self.period)[1])
         return tile_count(image_shape, tile_size, a.depth, a.upsampling)
 
     def _checked_tile(self, image_shape, tile_size, batch_size):

@@ -79,6 +79,22 @@ def is_volume_stack(path, axes=None, voxel_size=None):
     return "Z" in stated and "T" not in stated
 
 
+def check_volume_file(path, channels):
+    """Refuse (``ValueError``), from its header alone, a file that is not a ``ZYX``/``ZYXC``
+    stack with ``channels`` channels (``ZYX``: one)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"{path}: a volume must be a ZYX (or ZYXC) TIFF stack")
+    with tifffile.TiffFile(path) as tif:
+        shape = tif.series[0].shape
+    if len(shape) not in (3, 4):
+        raise ValueError(f"{path}: a volume must be a ZYX (or ZYXC) TIFF stack, got shape "
+                         f"{shape}")
+    found = shape[3] if len(shape) == 4 else 1
+    if found != channels:
+        raise ValueError(f"{path} has {found} channel(s), the model expects {channels}")
+
+
 def read_volume(path):
     """A file as one ``ZYX`` or ``ZYXC`` volume (a TIFF stack)."""
     array = read_image(path)
