@@ -49,12 +49,33 @@ def class_labels(mask, num_classes=2, name="mask", target=None, ndim=2):
 
 
 @dataclasses.dataclass
-class _Prepared:
+class Prepared:
     image: np.ndarray    # YXC float32, normalised
     labels: np.ndarray   # YX int32 class ids
     weights: np.ndarray  # YX float32, 0 on unannotated pixels
     groups: list         # flat pixel indices per object (or class) to centre tiles on
     annotated: np.ndarray | None  # flat indices of annotated pixels (partial annotations only)
+
+
+def prepare_item(image, mask, name, num_classes, weight_map, w0, border_sigma, class_weights,
+                 normalization, target, ignore_label=None, spacing=None):
+    """One checked image (``YXC``; a ``ZYXC`` volume with ``spacing``, its voxel size in
+    finest-axis units) and its mask as the arrays a pipeline samples from."""
+    ndim = 2 if spacing is None else 3
+    mask, ignored = split_ignored(mask, ignore_label, name, ndim)
+    labels = class_labels(mask, num_classes, name, target, ndim)
+    if weight_map:
+        instances = (as_instances(labels > 0, ndim=ndim) if target == "classes"
+                     else as_instances(mask, name, ndim))
+        weights = compute_weight_map(instances, w0, border_sigma, class_weights, ignored=ignored,
+                                     spacing=spacing)
+    else:
+        weights = np.ones(mask.shape, np.float32) if ignored is None else \
+            (~ignored).astype(np.float32)
+    annotated = (np.flatnonzero(~ignored.ravel()) if ignored is not None and ignored.any()
+                 else None)
+    return Prepared(normalize_with(image, normalization), labels, weights,
+                    object_groups(labels if target == "classes" else mask, target), annotated)
 
 
 def _prepare(images, masks, num_classes, weight_map, w0, border_sigma, class_weights,
@@ -73,20 +94,9 @@ def _prepare(images, masks, num_classes, weight_map, w0, border_sigma, class_wei
         if channels not in (None, image.shape[2]):
             raise ValueError(f"image {i} has {image.shape[2]} channels, image 0 has {channels}")
         channels = image.shape[2]
-        mask, ignored = split_ignored(mask, ignore_label, f"mask {i}")
-        labels = class_labels(mask, num_classes, f"mask {i}", target)
-        if weight_map:
-            weights = compute_weight_map(as_instances(labels > 0) if target == "classes"
-                                         else as_instances(mask, f"mask {i}"), w0, border_sigma,
-                                         class_weights, ignored=ignored)
-        else:
-            weights = np.ones(mask.shape, np.float32) if ignored is None else \
-                (~ignored).astype(np.float32)
-        annotated = (np.flatnonzero(~ignored.ravel()) if ignored is not None and ignored.any()
-                     else None)
-        prepared.append(_Prepared(normalize_with(image, normalization), labels, weights,
-                                  object_groups(labels if target == "classes" else mask, target),
-                                  annotated))
+        prepared.append(prepare_item(image, mask, f"mask {i}", num_classes, weight_map, w0,
+                                     border_sigma, class_weights, normalization, target,
+                                     ignore_label))
     return prepared
 
 

@@ -10,28 +10,16 @@ Tiles are drawn as in 2-D (:mod:`unet_tf.sampling`): a share centred on annotate
 with partial annotations (sparse slices, an ignore label), the rest on annotated voxels.
 """
 
-import dataclasses
 
 import numpy as np
 
 from .augment import Augmentation
 from .backend import tf
-from .data import produce_sample, class_labels
-from .images import NORMALIZATION, check_volume, normalize_with
-from .masks import as_instances, split_ignored
+from .data import prepare_item, produce_sample
+from .images import NORMALIZATION, check_volume
 from .overlap_tile import crop_reflect_nd
-from .sampling import draw_window, object_groups
+from .sampling import draw_window
 from .volume_sizes import volume_output_shape
-from .weightmaps import weight_map as compute_weight_map
-
-
-@dataclasses.dataclass
-class _Volume:
-    image: np.ndarray    # ZYXC float32, normalised
-    labels: np.ndarray   # ZYX int32 class ids
-    weights: np.ndarray  # ZYX float32, 0 on unannotated voxels
-    groups: list         # flat voxel indices per object (or class) to centre tiles on
-    annotated: np.ndarray | None  # flat indices of annotated voxels (partial annotations only)
 
 
 def relative_spacing(voxel_size):
@@ -61,21 +49,9 @@ def prepare_volumes(volumes, masks, voxel_size, num_classes=2, weight_map=True, 
             raise ValueError(f"volume {i} has {volume.shape[3]} channels, volume 0 has "
                              f"{channels}")
         channels = volume.shape[3]
-        mask, ignored = split_ignored(mask, ignore_label, f"mask {i}", ndim=3)
-        labels = class_labels(mask, num_classes, f"mask {i}", target, ndim=3)
-        if weight_map:
-            instances = (as_instances(labels > 0, ndim=3) if target == "classes"
-                         else as_instances(mask, f"mask {i}", 3))
-            weights = compute_weight_map(instances, w0, border_sigma, class_weights,
-                                         ignored=ignored, spacing=spacing)
-        else:
-            weights = np.ones(mask.shape, np.float32) if ignored is None else \
-                (~ignored).astype(np.float32)
-        annotated = (np.flatnonzero(~ignored.ravel()) if ignored is not None and ignored.any()
-                     else None)
-        prepared.append(_Volume(normalize_with(volume, normalization), labels, weights,
-                                object_groups(labels if target == "classes" else mask, target),
-                                annotated))
+        prepared.append(prepare_item(volume, mask, f"mask {i}", num_classes, weight_map, w0,
+                                     border_sigma, class_weights, normalization, target,
+                                     ignore_label, spacing))
     return prepared
 
 
