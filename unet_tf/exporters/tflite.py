@@ -28,6 +28,7 @@ from ..model_folder import load_model_folder
 from ..sizes import check_input_size, output_size, size_rule
 from ..memory import DEVICE_MEMORY, inference_tile_size
 from ..tiling import tile_stride
+from .equalize import equalize_channels
 from .common import CALIBRATION_TILES, CHECK_TILES, export_dir, export_target
 
 KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
@@ -61,27 +62,33 @@ def fixed_size_model(model, config, tile_size):
 
 def calibration_tiles(images, config, tile_size, limit=CALIBRATION_TILES):
     """Up to ``limit`` normalised ``(1, T, T, C)`` tiles of ``images`` (``YX``/``YXC``), cut
-    on the prediction grid: int8 calibration sees what the net will see."""
+    on the prediction grid (int8 calibration sees what the net will see) and spread evenly over
+    all images and positions, not the first image's top rows."""
     a = config.architecture
     out = output_size(tile_size, a.depth, a.upsampling)
     period = size_rule(a.depth, a.upsampling)[1]
     margin = (tile_size - out) // 2
+    images = [check_image(image, f"calibration image {i}") for i, image in enumerate(images)]
+    windows = [(i, top, left) for i, image in enumerate(images)
+               for top, left in overlap_tile.window_grid(*image.shape[:2], out, period)[1]]
+    chosen = np.unique(np.linspace(0, len(windows) - 1, min(limit, len(windows))).round())
+    ranges = {}
     tiles = []
-    for i, image in enumerate(images):
-        image = check_image(image, f"calibration image {i}")
-        lo, hi = overlap_tile.normalization_range(image, config.normalization)
-        for top, left in overlap_tile.window_grid(*image.shape[:2], out, period)[1]:
-            tile = overlap_tile.crop_reflect(image, top - margin, left - margin, tile_size,
-                                             tile_size)
-            tiles.append(overlap_tile.apply_range(tile, lo, hi))
-            if len(tiles) == limit:
-                return np.stack(tiles)[:, None]
+    for i, top, left in (windows[int(k)] for k in chosen):
+        if i not in ranges:
+            ranges[i] = overlap_tile.normalization_range(images[i], config.normalization)
+        tile = overlap_tile.crop_reflect(images[i], top - margin, left - margin, tile_size,
+                                         tile_size)
+        tiles.append(overlap_tile.apply_range(tile, *ranges[i]))
     return np.stack(tiles)[:, None]
 
 
 def convert(fixed, kind, representative=None):
     """The ``.tflite`` bytes of a fixed-size model (:func:`fixed_size_model`); ``kind`` is
-    ``"float32"``, ``"fp16"`` or ``"int8"`` (which needs ``representative`` tiles)."""
+    ``"float32"``, ``"fp16"`` or ``"int8"`` (which needs ``representative`` tiles, and runs on
+    the net's equalised copy: :mod:`unet_tf.exporters.equalize`)."""
+    if kind == "int8":
+        fixed = equalize_channels(fixed, representative)
     with tempfile.TemporaryDirectory() as tmp:
         # Via a SavedModel: converting the live function would keep READ_VARIABLE ops.
         archive = keras.export.ExportArchive()
