@@ -5,9 +5,14 @@ Needs numpy, ai-edge-litert (the LiteRT interpreter), opencv-python-headless for
 connected components, and tifffile for TIFF. Copy this folder to the device::
 
     pip install numpy ai-edge-litert opencv-python-headless tifffile
-    python edge_predict.py model_int8.tflite cells.tif more/*.png --out predictions
+    python edge_predict.py my-model/export cells.tif more/*.png --out predictions
+    python edge_predict.py model_int8.tflite cells.tif --out predictions
     python edge_predict.py model_int8_edgetpu.tflite cells.tif --out predictions \\
         --delegate libedgetpu.so.1
+
+Given the export folder, it runs the variant fastest on this CPU (``variants.py``, a byte copy of
+``unet_tf/variants.py``: int8 where the CPU has int8 dot products, else float32), or
+``--variant``; the choice and its reason are printed and kept in ``OUT/edge_predict.json``.
 
 The model's JSON sidecar (``model_int8.json`` next to ``model_int8.tflite``, written by
 ``unet-tf export``) gives the tile geometry, normalisation and classes. Each image is predicted
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imagefiles import IMAGE_SUFFIXES, read_image  # noqa: E402
 from instances import label_image  # noqa: E402
 from overlap_tile import as_yxc_with, invoke_tiles, predict_image, softmax  # noqa: E402
+from variants import VARIANTS, choose_variant, cpu_flags  # noqa: E402
 
 PROG = "edge_predict"
 
@@ -84,6 +90,23 @@ class EdgeModel:
         return logits.argmax(-1).astype(np.int32)
 
 
+def choose_model(model, variant=None, flags=None):
+    """``(path, variant, reason)``: ``model`` itself if it is a ``.tflite`` file, else the
+    export in folder ``model`` (``model_<variant>.tflite``) fastest on a CPU with ``flags``
+    (default: this one's), or ``variant``."""
+    model = Path(model)
+    if model.is_file():
+        if variant is not None:
+            raise ValueError(f"--variant chooses among the exports in a folder; {model} is one "
+                             "file: give its folder")
+        return model, None, "the file given"
+    if not model.is_dir():
+        raise FileNotFoundError(f"model not found: {model} (a .tflite file or an export folder)")
+    available = [v for v in VARIANTS if (model / f"model_{v}.tflite").is_file()]
+    variant, reason = choose_variant(available, cpu_flags() if flags is None else flags, variant)
+    return model / f"model_{variant}.tflite", variant, reason
+
+
 def _read_metadata(model_path, metadata_path):
     candidates = [Path(metadata_path)] if metadata_path else [
         model_path.with_suffix(".json"),
@@ -118,22 +141,43 @@ def labels_from(probabilities, meta):
     return label_image(probabilities, settings)
 
 
+def write_text(path, text):
+    """Write atomically (see :func:`write_labels`)."""
+    _write_atomically(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def write_labels(path, labels):
     """Write atomically: a temporary sibling, then a rename."""
+    _write_atomically(path, lambda tmp: _write_labels(tmp, path.suffix, labels))
+
+
+def _write_atomically(path, write):
+    # mkstemp's file is private (0600); the result is read like any file the user writes.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        if path.suffix == ".tif":
-            import tifffile
-            tifffile.imwrite(tmp, labels, compression="zlib")
-        else:
-            import cv2
-            if not cv2.imwrite(tmp, labels.astype(np.uint16)):
-                raise ValueError(f"cannot write {path}")
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_labels(tmp, suffix, labels):
+    if suffix == ".tif":
+        import tifffile
+        tifffile.imwrite(tmp, labels, compression="zlib")
+    else:
+        import cv2
+        if not cv2.imwrite(tmp, labels.astype(np.uint16)):
+            raise ValueError(f"cannot write {tmp}")
 
 
 def _inputs(items):
@@ -154,11 +198,14 @@ def _inputs(items):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="a .tflite exported by `unet-tf export` (JSON beside it)")
+    parser.add_argument("model", help="a model folder's export/ (the variant fastest here is "
+                        "run), or one .tflite exported by `unet-tf export` (JSON beside it)")
     parser.add_argument("inputs", nargs="+", help="image files (TIFF/PNG/JPEG) or folders")
     parser.add_argument("--out", required=True, help="folder for the label masks")
     parser.add_argument("--metadata", help="the JSON sidecar, if not next to the model")
     parser.add_argument("--delegate", help="delegate library, e.g. libedgetpu.so.1")
+    parser.add_argument("--variant", choices=VARIANTS, help="with an export folder: run this "
+                        "export instead of the fastest")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (2)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     args = parser.parse_args(argv)
@@ -170,12 +217,17 @@ def main(argv=None):
         clash = [t for t in targets if t.exists()]
         if clash and not args.overwrite:
             raise FileExistsError(f"{clash[0]} exists (use --overwrite to replace it)")
-        model = EdgeModel(args.model, args.metadata, args.delegate, args.threads)
+        path, variant, reason = choose_model(args.model, args.variant)
+        print(f"model: {path} ({reason})")
+        model = EdgeModel(path, args.metadata, args.delegate, args.threads)
         out.mkdir(parents=True, exist_ok=True)
         for source, target in zip(files, targets):
             labels = model.segment(read_image(source))
             write_labels(target, labels)
             print(f"{source} -> {target}")
+        record = {"model": str(path), "variant": variant, "reason": reason,
+                  "inputs": [str(f) for f in files], "outputs": [str(t) for t in targets]}
+        write_text(out / "edge_predict.json", json.dumps(record, indent=2))
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

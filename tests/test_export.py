@@ -262,3 +262,46 @@ def test_rest_client_posts_what_tf_serving_documents(folder, keras_model, held_o
     assert len(body["instances"]) == 3 and np.array(body["instances"]).shape[1:] == (188, 188, 1)
     np.testing.assert_allclose(probabilities, predict_tiled(keras_model, image, tile_size=188),
                                atol=1e-5)
+
+
+def test_litert_runs_the_export_fastest_on_the_cpu_and_says_why(folder, monkeypatch, tmp_path):
+    import zarr
+    import unet_tf.unet as unet_module
+    from unet_tf.chunked import segment_to_zarr
+    from edge_predict import choose_model
+    monkeypatch.setattr(unet_module, "cpu_flags", lambda: {"sse4_2", "avx2"})
+    avx2 = UNet.from_folder(folder, "litert")
+    assert avx2.variant == "float32" and "no int8 dot-product instructions" in avx2.description
+    monkeypatch.setattr(unet_module, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    vnni = UNet.from_folder(folder, "litert")
+    assert vnni.variant == "int8" and "AVX-512 VNNI" in vnni.description
+    asked = UNet.from_folder(folder, "litert", variant="fp16")
+    assert (asked.variant, asked.variant_reason) == ("fp16", "asked for")
+    with pytest.raises(ValueError, match="needs runtime='litert'"):
+        UNet.from_folder(folder, variant="int8")
+    # the kit chooses the same way, given the export folder
+    assert choose_model(folder / "export", flags={"avx2"})[:2] == (
+        folder / "export" / "model_float32.tflite", "float32")
+    assert choose_model(folder / "export", flags={"asimddp"})[1] == "int8"
+    with pytest.raises(ValueError, match="give its folder"):
+        choose_model(folder / "export" / "model_int8.tflite", "float32")
+    # the choice is kept with the labels
+    segment_to_zarr(folder, np.zeros((120, 150), np.uint16), tmp_path / "o.ome.zarr",
+                    runtime="litert")
+    record = zarr.open_group(str(tmp_path / "o.ome.zarr"), mode="r")["labels/instances"].attrs
+    assert record["unet_tf"]["variant"] == "int8"
+    assert "AVX-512 VNNI" in record["unet_tf"]["variant_reason"]
+
+
+def test_edge_runtime_picks_from_an_export_folder_and_records_it(folder, held_out, tmp_path):
+    image, _ = held_out
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_TENSORFLOW, str(EXPORT_KIT / "edge_predict.py"),
+         str(folder / "export"), str(tmp_path / "cells.tif"), "--out", str(tmp_path / "masks"),
+         "--variant", "fp16"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "model_fp16.tflite (asked for)" in result.stdout
+    record = json.loads((tmp_path / "masks" / "edge_predict.json").read_text())
+    assert record["variant"] == "fp16" and record["outputs"] == [str(tmp_path / "masks" / "cells.tif")]
+    assert (tmp_path / "masks" / "cells.tif").stat().st_mode & 0o044  # readable by others too

@@ -125,7 +125,7 @@ def test_no_private_names_cross_modules():
                 assert not private, f"{path.name} imports private {private} from {node.module}"
 
 
-@pytest.mark.parametrize("name", ["overlap_tile.py", "instances.py", "imagefiles.py"])
+@pytest.mark.parametrize("name", ["overlap_tile.py", "instances.py", "imagefiles.py", "variants.py"])
 def test_the_kit_carries_an_exact_copy_of_the_tiling_instance_and_file_code(name):
     kit = REPO / "export" / name
     assert kit.read_bytes() == (PACKAGE / name).read_bytes(), (

@@ -230,3 +230,6 @@ def test_large_input_errors_are_clear(folder, tmp_path):
                      "--runtime", "litert", "--tile-size", 300)
     assert result.returncode == 2 and "--tile-size/--batch-size apply to Keras" in result.stderr
     assert not (tmp_path / "p").exists()
+    result = run_cli("predict", folder, tmp_path / "a.tif", "--out", tmp_path / "p",
+                     "--variant", "int8")
+    assert result.returncode == 2 and "add --runtime litert" in result.stderr

@@ -102,10 +102,17 @@ def _fitted_chunk(chunk, halo, model):
 # --------------------------------------------------------------------------- lazy arrays
 
 def _unet(spec):
-    """This process's :class:`unet_tf.UNet` of ``spec = (folder, runtime, threads)``; imported
-    here: planning chunks loads no TensorFlow."""
+    """This process's :class:`unet_tf.UNet` of ``spec = (folder, runtime, threads, variant)``;
+    imported here: planning chunks loads no TensorFlow."""
     from .unet import UNet
     return UNet.cached(*spec)
+
+
+def _chosen(folder, runtime, threads, variant):
+    """``(spec, model)`` with the LiteRT variant chosen here, once: workers on other CPUs run
+    the same export, so chunks agree."""
+    model = _unet((folder, runtime, threads, variant))
+    return (folder, runtime, threads, model.variant), model
 
 
 def _predict_block(spec, image, lohi, window, output):
@@ -114,7 +121,7 @@ def _predict_block(spec, image, lohi, window, output):
 
 
 def predict_lazy(folder, image, output="probabilities", chunk=CHUNK, runtime="keras",
-                 threads=None):
+                 threads=None, variant=None):
     """The folder's prediction of a whole image as a lazy dask array, chunk by chunk.
 
     Args:
@@ -123,7 +130,8 @@ def predict_lazy(folder, image, output="probabilities", chunk=CHUNK, runtime="ke
         output: ``"probabilities"`` ``(H, W, K)`` float32, ``"logits"`` (log-probabilities)
             or ``"labels"`` (class ids, ``(H, W)`` int32).
         chunk: output chunk side, rounded down to the pooling period.
-        runtime: ``"keras"`` or ``"litert"``; threads: per process.
+        runtime: ``"keras"`` or ``"litert"``; threads: per process; variant: the LiteRT
+            export (default: the fastest here, :func:`unet_tf.variants.choose_variant`).
 
     Returns:
         A ``dask.array.Array``; ``.compute()`` (on any scheduler, e.g. a ``distributed.Client``)
@@ -135,8 +143,7 @@ def predict_lazy(folder, image, output="probabilities", chunk=CHUNK, runtime="ke
     if output not in ("probabilities", "logits", "labels"):
         raise ValueError(f"output must be probabilities, logits or labels, got {output!r}")
     image = open_image(image)
-    spec = (str(folder), runtime, threads)
-    local = _unet(spec)
+    spec, local = _chosen(str(folder), runtime, threads, variant)
     if image.shape[2] != local.channels:
         raise ValueError(f"image has {image.shape[2]} channels, the model expects "
                          f"{local.channels}")
@@ -233,9 +240,9 @@ def _prepare(partial, run, image, chunk, model, with_probabilities):
     record.write_text(json.dumps(run, indent=2))
 
 
-def _finish(partial, image, chunk, class_names, with_probabilities, client):
-    """Pyramids (on ``client``'s workers, if given) and NGFF metadata; the provisional labels
-    go."""
+def _finish(partial, image, chunk, class_names, with_probabilities, client, provenance):
+    """Pyramids (on ``client``'s workers, if given), NGFF metadata and the labels'
+    ``provenance`` (which model and runtime made them); the provisional labels go."""
     import zarr
     root = zarr.open_group(str(partial), mode="r+")
     pixel_size = image.pixel_size()
@@ -244,6 +251,7 @@ def _finish(partial, image, chunk, class_names, with_probabilities, client):
     write_multiscales(labels, build_pyramid(labels, chunk, client), "yx", "instances",
                       pixel_size)
     write_labels_metadata(root, "instances")
+    labels.attrs["unet_tf"] = provenance
     if with_probabilities:
         probabilities = root["probabilities"]
         write_multiscales(probabilities, build_pyramid(probabilities, chunk, client), "cyx",
@@ -256,7 +264,7 @@ def _finish(partial, image, chunk, class_names, with_probabilities, client):
 
 def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtime="keras",
                     client=None, threads=None, halo=None, overwrite=False, progress=None,
-                    postprocessing=None):
+                    postprocessing=None, variant=None):
     """Instance labels of a large image, written to an OME-Zarr chunk by chunk.
 
     Args:
@@ -267,7 +275,9 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
             its labels under ``labels/instances`` and, with ``probabilities``, the class
             probabilities as their own multiscales image under ``probabilities``.
         chunk: output chunk side (rounded down to the pooling period); also the zarr chunks.
-        runtime: ``"keras"`` or ``"litert"``; threads: per process.
+        runtime: ``"keras"`` or ``"litert"``; threads: per process; variant: the LiteRT
+            export (default: the fastest here; the choice and its reason are kept in the
+            labels' attributes, ``labels/instances`` ``unet_tf``).
         client: a ``distributed.Client`` to spread the chunks over; ``None``: this process.
         halo: context for labelling, pixels (default :func:`default_halo`).
         overwrite: replace an existing ``out``.
@@ -281,8 +291,7 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (use --overwrite / overwrite=True to replace it)")
     image = open_image(image)
-    spec = (str(Path(folder).resolve()), runtime, threads)
-    model = _unet(spec)
+    spec, model = _chosen(str(Path(folder).resolve()), runtime, threads, variant)
     if image.shape[2] != model.channels:
         raise ValueError(f"image has {image.shape[2]} channels, the model expects "
                          f"{model.channels}")
@@ -295,7 +304,8 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
     partial = out.with_name(f".{out.name}.partial")
     run = {"model": spec[0], "image": _identity(image), "shape": list(image.shape),
            "chunk": chunk, "halo": halo,
-           "runtime": runtime, "probabilities": bool(probabilities), "postprocessing": overrides}
+           "runtime": runtime, "variant": model.variant, "variant_reason": model.variant_reason,
+           "probabilities": bool(probabilities), "postprocessing": overrides}
     _prepare(partial, run, image, chunk, model, probabilities)
     windows = chunk_windows(image.shape, chunk)
     todo = [(i, j, w) for i, j, w in windows if not (partial / "chunks" / f"{i}_{j}.npz").exists()]
@@ -315,7 +325,10 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
     else:
         tables = stitch(records, grid)
     run_calls([(_relabel_chunk, (str(partial), w, tables[(i, j)])) for i, j, w in windows], client)
-    _finish(partial, image, chunk, list(model.config.class_names), probabilities, client)
+    provenance = {"model": spec[0], "runtime": model.description, "variant": model.variant,
+                  "variant_reason": model.variant_reason}
+    _finish(partial, image, chunk, list(model.config.class_names), probabilities, client,
+            provenance)
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)
@@ -345,7 +358,8 @@ def _predict_file(spec, source, labels_path, with_probabilities, overwrite, over
 
 
 def predict_files(folder, planned, probabilities=False, runtime="keras", client=None,
-                  threads=None, overwrite=False, postprocessing=None, progress=None):
+                  threads=None, overwrite=False, postprocessing=None, progress=None,
+                  variant=None):
     """Predict many image files, one task per file, here or over a Dask cluster's workers.
 
     Args:
@@ -353,12 +367,14 @@ def predict_files(folder, planned, probabilities=False, runtime="keras", client=
         planned: ``{labels path: input path}`` (see ``unet-tf predict``).
         postprocessing: overrides of the folder's post-processing, e.g. ``{"min_size": 50}``.
         progress: called as ``progress(done, total)`` at the start and after each file.
+        variant: the LiteRT export (default: the fastest here, chosen once for all workers).
 
     Returns:
         ``{"objects": [count per file, in the order of planned], "runtime": description}``.
     """
-    spec = (str(Path(folder).resolve()), runtime, threads)
-    description = _unet(spec).description   # a folder without config or export fails here
+    # a folder without config or export fails here
+    spec, model = _chosen(str(Path(folder).resolve()), runtime, threads, variant)
+    description = model.description
     calls = [(_counted, (str(labels), _predict_file, spec, str(source), str(labels),
                          probabilities, overwrite, postprocessing or {}))
              for labels, source in planned.items()]

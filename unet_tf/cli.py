@@ -23,6 +23,7 @@ from .memory import BATCH_SIZE
 from .model_folder import RUNTIMES
 from .native import stderr_captured
 from .sizes import UPSAMPLING_MODES
+from .variants import VARIANTS
 
 PROG = "unet-tf"
 EXIT_INTERNAL, EXIT_USER_ERROR, EXIT_NOTHING_LEARNED = 1, 2, 3
@@ -467,6 +468,9 @@ def _cmd_predict(args):
     if large and len(inputs) != 1:
         raise ValueError(f"an OME-Zarr prediction takes one input image, got {len(inputs)}: "
                          "run one command per image, or write TIFF/PNG files to a folder")
+    if args.variant and args.runtime != "litert":
+        raise ValueError(f"--variant {args.variant} chooses among TFLite exports: add "
+                         "--runtime litert")
     spread = bool(args.workers or args.scheduler or args.runtime != "keras")
     if (large or spread) and (args.tile_size or args.batch_size):
         raise ValueError("--tile-size/--batch-size apply to Keras prediction in this process; "
@@ -545,7 +549,7 @@ def _predict_large(source, args):
                                   probabilities=args.probabilities, runtime=args.runtime,
                                   client=client, threads=threads, overwrite=args.overwrite,
                                   progress=_counter(args.quiet, "chunk"),
-                                  postprocessing=_postprocessing(args))
+                                  postprocessing=_postprocessing(args), variant=args.variant)
     resumed = f", {summary['resumed']} resumed from an earlier run" if summary["resumed"] else ""
     print(f"{source} -> {summary['out']} ({summary['objects']} objects in "
           f"{summary['chunks']} chunks{resumed}; {summary['runtime']})")
@@ -557,7 +561,7 @@ def _predict_spread(planned, args):
     with dask_client(args.workers, args.scheduler) as (client, threads):
         results = predict_files(args.model, planned, args.probabilities, args.runtime, client,
                                 threads, args.overwrite, _postprocessing(args),
-                                _counter(args.quiet, "image"))
+                                _counter(args.quiet, "image"), args.variant)
     for (labels_path, source), objects in zip(planned.items(), results["objects"]):
         print(f"{source} -> {labels_path} ({objects} objects)")
     print(f"runtime: {results['runtime']}")
@@ -581,8 +585,12 @@ def _add_predict(subparsers):
     p.add_argument("--tile-size", type=int, help="input tile (default: the largest that fits "
                    "memory; the result is the same for any valid tile)")
     p.add_argument("--batch-size", type=int, help=f"tiles per forward pass ({BATCH_SIZE})")
-    p.add_argument("--runtime", choices=RUNTIMES, default="keras", help="keras, or litert: the "
-                   "model folder's TFLite export (int8 first), faster on CPUs (%(default)s)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="keras", help="keras, or litert: a "
+                   "TFLite export of the model folder, the fastest on this CPU (int8 where it has "
+                   "int8 dot products: AVX-512 VNNI, AVX-VNNI, ARM dotprod; else float32), "
+                   "faster than Keras on CPUs (%(default)s)")
+    p.add_argument("--variant", choices=VARIANTS, help="with --runtime litert: run this "
+                   "export instead of the fastest")
     p.add_argument("--workers", type=int, help="spread chunks or images over N local Dask "
                    "worker processes (sharing this machine's cores)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask cluster's scheduler, "

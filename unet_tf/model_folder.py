@@ -39,9 +39,8 @@ from .version import __version__
 MODEL_FILE, CONFIG_FILE, HISTORY_FILE, BACKUP_DIR, LOGS_DIR, EXPORT_DIR = (
     "model.keras", "config.json", "history.csv", "backup", "logs", "export")
 FORMAT = "unet-tf model folder"
-# What can run a folder: its Keras model, or its TFLite export (LiteRT), preferred in this order.
+# What can run a folder: its Keras model, or a TFLite export (LiteRT: see unet_tf.variants).
 RUNTIMES = ("keras", "litert")
-LITERT_KINDS = ("int8", "fp16", "float32")
 FORMAT_VERSION = 2
 
 

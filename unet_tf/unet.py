@@ -27,8 +27,9 @@ from .instances import label_image
 from .masks import split_ignored
 from .memory import BATCH_SIZE, inference_budget, inference_tile_size, volume_tile_shape
 from .metrics import evaluate as evaluate_image
-from .model_folder import EXPORT_DIR, LITERT_KINDS, RUNTIMES, load_model_folder, read_config
+from .model_folder import EXPORT_DIR, RUNTIMES, load_model_folder, read_config
 from .sizes import output_size, size_rule
+from .variants import VARIANTS, choose_variant, cpu_flags
 from .tiling import OUTPUTS, predict_tiled, tile_count, tile_progress
 from .volume_sizes import axis_periods, check_volume_shape, volume_output_shape
 
@@ -46,12 +47,14 @@ class UNet:
         config: the folder's :class:`~unet_tf.model_folder.ModelConfig`.
         folder: the model folder (needed by :meth:`export`, the LiteRT runtime and a
             ``model`` of ``None``).
-        runtime: ``"keras"`` or ``"litert"`` (the folder's ``export/model_int8.tflite``, else
-            fp16, else float32: make one with ``unet-tf export M --format tflite-int8``).
+        runtime: ``"keras"`` or ``"litert"``: a TFLite export in the folder's ``export/``
+            (make them with ``unet-tf export M --format tflite`` / ``tflite-int8``), the one
+            fastest on this CPU (:func:`unet_tf.variants.choose_variant`) unless ``variant``.
         threads: CPU threads for this process (default: all cores).
+        variant: ``"int8"``, ``"fp16"`` or ``"float32"``: the LiteRT export to run.
     """
 
-    def __init__(self, model, config, folder=None, runtime="keras", threads=None):
+    def __init__(self, model, config, folder=None, runtime="keras", threads=None, variant=None):
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self._model, self.config, self.runtime, self.threads = model, config, runtime, threads
@@ -63,13 +66,17 @@ class UNet:
             raise ValueError("a 3-D net runs on the keras runtime only (no 3-D TFLite export yet)")
         self.period = axis_periods(a.plan) if a.is_volume else size_rule(a.depth, a.upsampling)[1]
         self.fixed_tile, self.description, self._forward = None, "Keras", None
+        self.variant, self.variant_reason = None, None
+        if variant is not None and runtime != "litert":
+            raise ValueError(f"a variant ({variant!r}) is chosen among TFLite exports: it needs "
+                             "runtime='litert' (--runtime litert)")
         if runtime == "litert":
-            self._litert_path = self._find_litert()
+            self._litert_path = self._find_litert(variant)
         elif threads:
             limit_threads(threads)
 
     @classmethod
-    def from_folder(cls, folder, runtime="keras", threads=None, lazy=False):
+    def from_folder(cls, folder, runtime="keras", threads=None, lazy=False, variant=None):
         """Load a model folder written by :func:`unet_tf.train`; ``lazy``: the Keras model
         loads on first use (a process that only plans the work never loads it).
 
@@ -82,14 +89,14 @@ class UNet:
             >>> unet = UNet.from_folder("my-model")  # doctest: +SKIP
         """
         if lazy or runtime != "keras":
-            return cls(None, read_config(folder), folder, runtime, threads)
+            return cls(None, read_config(folder), folder, runtime, threads, variant)
         model, config = load_model_folder(folder)
-        return cls(model, config, folder, runtime, threads)
+        return cls(model, config, folder, runtime, threads, variant)
 
     @classmethod
-    def cached(cls, folder, runtime="keras", threads=None):
+    def cached(cls, folder, runtime="keras", threads=None, variant=None):
         """This process's UNet of ``folder`` (lazy): workers and widgets load a model once."""
-        return _cached(str(Path(folder).resolve()), runtime, threads)
+        return _cached(str(Path(folder).resolve()), runtime, threads, variant)
 
     @classmethod
     def train(cls, config, images=None, masks=None, **options):
@@ -248,22 +255,25 @@ class UNet:
         probabilities = forward(self.model, "probabilities")
         return lambda tiles: probabilities(tiles).numpy()
 
-    def _find_litert(self):
-        """The folder's TFLite export (int8 first); sets its tile and the description."""
+    def _find_litert(self, variant):
+        """The folder's TFLite export fastest on this CPU (or ``variant``); sets its tile, the
+        choice and its reason, and the description."""
         export = self.folder / EXPORT_DIR
-        found = [export / f"model_{kind}.tflite" for kind in LITERT_KINDS
-                 if (export / f"model_{kind}.tflite").is_file()]
-        if not found:
+        available = [kind for kind in VARIANTS if (export / f"model_{kind}.tflite").is_file()]
+        if not available and variant is None:
             raise FileNotFoundError(
                 f"--runtime litert needs a TFLite export in {export}: run `unet-tf export "
-                f"{self.folder} --format tflite-int8` (or tflite) first")
-        meta = json.loads(found[0].with_suffix(".json").read_text())
+                f"{self.folder} --format tflite` (or tflite-int8) first")
+        self.variant, self.variant_reason = choose_variant(available, cpu_flags(), variant)
+        path = export / f"model_{self.variant}.tflite"
+        meta = json.loads(path.with_suffix(".json").read_text())
         self.fixed_tile = meta["tile_size"]
         check = meta.get("check", {})
         agreement = (f", {100 * check['label_agreement']:.2f} % of pixels as Keras on "
                      f"{check['tiles']} check tiles" if "label_agreement" in check else "")
-        self.description = f"LiteRT {found[0].name} (tile {self.fixed_tile}{agreement})"
-        return found[0]
+        self.description = (f"LiteRT {path.name} (tile {self.fixed_tile}{agreement}; "
+                            f"{self.variant}: {self.variant_reason})")
+        return path
 
     def _litert_forward(self):
         from ai_edge_litert.interpreter import Interpreter
@@ -345,5 +355,5 @@ def as_output(probabilities, output):
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(folder, runtime, threads):
-    return UNet.from_folder(folder, runtime, threads, lazy=True)
+def _cached(folder, runtime, threads, variant):
+    return UNet.from_folder(folder, runtime, threads, lazy=True, variant=variant)
