@@ -45,7 +45,7 @@ def consumers(model):
 def channel_spans(model, names, tiles):
     """Per-channel ``max(x) - min(0, min(x))`` of the outputs of layers ``names`` over
     ``tiles`` ``(N, 1, T, T, C)``: what the int8 calibration will see."""
-    probe = keras.Model(model.inputs, [model.get_layer(name).output for name in names])
+    probe = keras.Model(model.input, [model.get_layer(name).output for name in names])
     high, low = {}, {}
     for tile in tiles:
         for name, out in zip(names, probe(tile, training=False)):
