@@ -250,8 +250,8 @@ def _finish(partial, image, chunk, class_names, with_probabilities, client, prov
     labels = root["labels/instances"]
     write_multiscales(labels, build_pyramid(labels, chunk, client), "yx", "instances",
                       pixel_size)
+    labels.attrs["unet_tf"] = provenance   # before: this handle's attributes would be stale
     write_labels_metadata(root, "instances")
-    labels.attrs["unet_tf"] = provenance
     if with_probabilities:
         probabilities = root["probabilities"]
         write_multiscales(probabilities, build_pyramid(probabilities, chunk, client), "cyx",
