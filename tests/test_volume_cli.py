@@ -69,6 +69,20 @@ def test_volumes_without_a_voxel_size_or_with_bad_axes_are_refused(tmp_path, cap
     assert "three positive numbers" in capsys.readouterr().err
 
 
+def test_a_stack_that_says_neither_z_nor_t_is_asked_about(tmp_path, capsys):
+    volume, labels = load_sample_volume()
+    for folder, array in (("images", volume[:4, :64, :64]), ("masks", labels[:4, :64, :64])):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "a.tif", array, photometric="minisblack")  # QYX
+    args = ["plan", "--images", tmp_path / "images", "--masks", tmp_path / "masks"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "axes (QYX) do not say whether its pages are a volume or frames" in err
+    assert "--axes ZYX" in err and "--axes TYX" in err
+    assert main([*args, "--axes", "TYX", "--time-budget", "1m"]) == 0
+    assert "their pages train a 2-D net as frames (--axes TYX" in capsys.readouterr().out
+
+
 def test_train_predict_evaluate_round_trip_on_the_real_stack(sample_folders, tmp_path, capsys):
     model = tmp_path / "model"
     assert main(["train", "--images", sample_folders / "train" / "images",

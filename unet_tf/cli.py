@@ -254,6 +254,19 @@ def _volume_run(args, given):
             (volumes, masks, names))
 
 
+def _refuse_unclear_stacks(images):
+    """A TIFF stack whose axes say neither Z nor T could be a volume or frames: ask."""
+    from .io import list_images
+    from .volume_files import stack_info
+    for path in list_images(images, "images"):
+        axes, _ = stack_info(path)
+        if len(set(axes) - set("SC")) > 2 and not set(axes) & set("TZ"):
+            raise ValueError(
+                f"{path} is a stack whose axes ({axes}) do not say whether its pages are a "
+                "volume or frames: give --axes ZYX (a volume: a 3-D net; with its --voxel-size "
+                "if the file has none) or --axes TYX (frames: a 2-D net)")
+
+
 def _planned_run(args):
     """``(config, plan, data)`` of a train/plan command: from --config, a preset, or the plan."""
     from .planner import configure_run, repeat_run
@@ -268,9 +281,11 @@ def _planned_run(args):
     if not (args.images and args.masks):
         raise ValueError("give --images and --masks (or --config of an earlier run)")
     from .io import load_pairs
+    if not args.axes:
+        _refuse_unclear_stacks(args.images)
     data = load_pairs(args.images, args.masks)
     if any("#" in name for name in data[2]):   # pages of stacks: say which dimension they are
-        why = "--axes TYX" if args.axes else "their axes do not say Z"
+        why = "--axes TYX" if args.axes else "their axes say T"
         print(f"stacks: their pages train a 2-D net as frames ({why}; --axes ZYX or "
               "--voxel-size trains a 3-D net on them)")
     config, plan = configure_run(data[0], data[1], given, args.time_budget, args.preset,
