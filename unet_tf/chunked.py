@@ -250,7 +250,7 @@ def _finish(partial, image, chunk, class_names, with_probabilities, client, prov
     labels = root["labels/instances"]
     write_multiscales(labels, build_pyramid(labels, chunk, client), "yx", "instances",
                       pixel_size)
-    labels.attrs["unet_tf"] = provenance   # before: this handle's attributes would be stale
+    labels.attrs["unet_tf"] = provenance   # first: this handle, written later, drops image-label
     write_labels_metadata(root, "instances")
     if with_probabilities:
         probabilities = root["probabilities"]
