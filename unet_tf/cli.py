@@ -260,7 +260,7 @@ def _refuse_unclear_stacks(images):
     from .volume_files import stack_info
     for path in list_images(images, "images"):
         axes, _ = stack_info(path)
-        if len(set(axes) - set("SC")) > 2 and not set(axes) & set("TZ"):
+        if len(axes.replace("S", "").replace("C", "")) == 3 and not set(axes) & set("TZ"):
             raise ValueError(
                 f"{path} is a stack whose axes ({axes}) do not say whether its pages are a "
                 "volume or frames: give --axes ZYX (a volume: a 3-D net; with its --voxel-size "
