@@ -117,9 +117,14 @@ def test_edge_preset_trains_and_its_int8_model_keeps_its_accuracy(edge_folder, s
     float_iou = foreground_iou(truth, predict_tiled(model, test, output="labels"))
     result = export_edgetpu(edge_folder)
     assert result.report.ok, result.report.table()
-    int8_iou = foreground_iou(truth, EdgeModel(result.model).predict(test))
+    int8_labels = EdgeModel(result.model).predict(test)
+    int8_iou = foreground_iou(truth, int8_labels)
     assert float_iou > 0.7
     assert int8_iou >= float_iou - 0.03
+    # Against the float model's own labels (same tile): 0.984 measured with the channels
+    # equalised before conversion, 0.967 without; the net stays fully int8.
+    float_labels = predict_tiled(model, test, tile_size=config.tile_size, output="labels")
+    assert foreground_iou(float_labels, int8_labels) >= 0.975
 
 
 @pytest.mark.slow
