@@ -305,3 +305,16 @@ def test_edge_runtime_picks_from_an_export_folder_and_records_it(folder, held_ou
     record = json.loads((tmp_path / "masks" / "edge_predict.json").read_text())
     assert record["variant"] == "fp16" and record["outputs"] == [str(tmp_path / "masks" / "cells.tif")]
     assert (tmp_path / "masks" / "cells.tif").stat().st_mode & 0o044  # readable by others too
+
+
+def test_predict_with_litert_records_the_export_it_ran(folder, held_out, tmp_path):
+    from conftest import run_cli
+    image, _ = held_out
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    result = run_cli("predict", folder, tmp_path / "cells.tif", "--out", tmp_path / "masks",
+                     "--runtime", "litert", "--variant", "float32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "model_float32.tflite" in result.stdout and "float32: asked for" in result.stdout
+    record = json.loads((tmp_path / "masks" / "predict.json").read_text())
+    assert (record["variant"], record["variant_reason"]) == ("float32", "asked for")
+    assert record["outputs"] == {str(tmp_path / "masks" / "cells.tif"): str(tmp_path / "cells.tif")}

@@ -370,7 +370,8 @@ def predict_files(folder, planned, probabilities=False, runtime="keras", client=
         variant: the LiteRT export (default: the fastest here, chosen once for all workers).
 
     Returns:
-        ``{"objects": [count per file, in the order of planned], "runtime": description}``.
+        ``{"objects": [count per file, in the order of planned], "runtime": description,
+        "variant", "variant_reason"}`` (the LiteRT choice; ``None`` for Keras).
     """
     # a folder without config or export fails here
     spec, model = _chosen(str(Path(folder).resolve()), runtime, threads, variant)
@@ -379,7 +380,8 @@ def predict_files(folder, planned, probabilities=False, runtime="keras", client=
                          probabilities, overwrite, postprocessing or {}))
              for labels, source in planned.items()]
     objects = dict(run_calls(calls, client, progress))
-    return {"objects": [objects[str(labels)] for labels in planned], "runtime": description}
+    return {"objects": [objects[str(labels)] for labels in planned], "runtime": description,
+            "variant": model.variant, "variant_reason": model.variant_reason}
 
 
 def _counted(key, function, *args):

@@ -580,6 +580,14 @@ def _predict_spread(planned, args):
     for (labels_path, source), objects in zip(planned.items(), results["objects"]):
         print(f"{source} -> {labels_path} ({objects} objects)")
     print(f"runtime: {results['runtime']}")
+    if args.runtime == "litert":   # which export made these labels, and why it was chosen
+        import json
+        from .io import write_atomically
+        record = {"model": str(Path(args.model).resolve()), "runtime": results["runtime"],
+                  "variant": results["variant"], "variant_reason": results["variant_reason"],
+                  "outputs": {str(labels): str(source) for labels, source in planned.items()}}
+        write_atomically(Path(args.out) / "predict.json",
+                         lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
 
 
 def _add_predict(subparsers):
