@@ -264,8 +264,26 @@ def test_rest_client_posts_what_tf_serving_documents(folder, keras_model, held_o
                                atol=1e-5)
 
 
-def test_litert_runs_the_export_fastest_on_the_cpu_and_says_why(folder, monkeypatch, tmp_path):
+@pytest.fixture
+def exported(folder, tmp_path):
+    """A copy of the exported folder with its float32 pair whole again (a test above kills an
+    export between its sidecar and its .tflite)."""
+    copy = tmp_path / "exported"
+    shutil.copytree(folder, copy)
+    export_model(copy, "tflite", tile_size=188, overwrite=True)
+    return copy
+
+
+def test_litert_refuses_a_sidecar_of_another_model(exported):
+    shutil.copy(exported / "export" / "model_int8.tflite",
+                exported / "export" / "model_float32.tflite")
+    with pytest.raises(ValueError, match="describes another model"):
+        UNet.from_folder(exported, "litert", variant="float32")
+
+
+def test_litert_runs_the_export_fastest_on_the_cpu_and_says_why(exported, monkeypatch, tmp_path):
     import zarr
+    folder = exported
     import unet_tf.unet as unet_module
     from unet_tf.chunked import segment_to_zarr
     from edge_predict import choose_model
@@ -293,7 +311,8 @@ def test_litert_runs_the_export_fastest_on_the_cpu_and_says_why(folder, monkeypa
     assert "AVX-512 VNNI" in record["unet_tf"]["variant_reason"]
 
 
-def test_edge_runtime_picks_from_an_export_folder_and_records_it(folder, held_out, tmp_path):
+def test_edge_runtime_picks_from_an_export_folder_and_records_it(exported, held_out, tmp_path):
+    folder = exported
     image, _ = held_out
     tifffile.imwrite(tmp_path / "cells.tif", image)
     result = subprocess.run(
@@ -307,8 +326,9 @@ def test_edge_runtime_picks_from_an_export_folder_and_records_it(folder, held_ou
     assert (tmp_path / "masks" / "cells.tif").stat().st_mode & 0o044  # readable by others too
 
 
-def test_predict_with_litert_records_the_export_it_ran(folder, held_out, tmp_path):
+def test_predict_with_litert_records_the_export_it_ran(exported, held_out, tmp_path):
     from conftest import run_cli
+    folder = exported
     image, _ = held_out
     tifffile.imwrite(tmp_path / "cells.tif", image)
     result = run_cli("predict", folder, tmp_path / "cells.tif", "--out", tmp_path / "masks",

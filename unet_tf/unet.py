@@ -14,6 +14,7 @@ The plain functions (:func:`unet_tf.predict_tiled`, :mod:`unet_tf.metrics`,
 """
 
 import functools
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -267,6 +268,10 @@ class UNet:
         self.variant, self.variant_reason = choose_variant(available, cpu_flags(), variant)
         path = export / f"model_{self.variant}.tflite"
         meta = json.loads(path.with_suffix(".json").read_text())
+        if hashlib.sha256(path.read_bytes()).hexdigest() != meta.get("tflite_sha256"):
+            raise ValueError(f"{path.with_suffix('.json')} describes another model than {path} "
+                             f"(SHA-256 differs: an export was interrupted): run `unet-tf export "
+                             f"{self.folder} --format ... --overwrite` again")
         self.fixed_tile = meta["tile_size"]
         check = meta.get("check", {})
         agreement = (f", {100 * check['label_agreement']:.2f} % of pixels as Keras on "
