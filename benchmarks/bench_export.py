@@ -23,8 +23,8 @@ import numpy as np
 from _timing import best_time, report
 from unet_tf import build_unet, overlap_tile
 from unet_tf.backend import keras
-from unet_tf.exporters.tflite import (calibration_images_for, calibration_tiles, convert,
-                                      device_tile_size, fixed_size_model)
+from unet_tf.exporters.tflite import (agreement, calibration_images_for, calibration_tiles,
+                                      convert, device_tile_size, fixed_size_model)
 from unet_tf.images import crop_reflect, normalize
 from unet_tf.instances import label_image
 from unet_tf.io import list_images, read_frames
@@ -125,17 +125,15 @@ def main():
     for name, call in calls.items():
         call()  # warm up
         times[name] = best_time(call, 5 if tile < 400 else 3)
-    reference = model.predict(tiles[:, 0], verbose=0, batch_size=1)
 
     print(f"{model.count_params():,} parameters, tile {tile} -> one batch-1 tile, 2 threads")
     for name, seconds in times.items():
         line = f"  {name:8s} {seconds * 1000:9.1f} ms  {times['keras'] / seconds:5.2f}x Keras"
         if name in variants:
-            logits = overlap_tile.invoke_tiles(interpreter(variants[name]), tiles[:, 0])
-            same = np.mean(logits.argmax(-1) == reference.argmax(-1))
+            check = agreement(model, variants[name], tiles)
             line += (f", {len(variants[name]) / 1e6:6.2f} MB, max |logit diff| "
-                     f"{np.abs(logits - reference).max():.3g}, same argmax {100 * same:.3f} % "
-                     f"({len(tiles)} tiles)")
+                     f"{check['max_abs_logit_diff']:.3g}, same argmax "
+                     f"{100 * check['label_agreement']:.3f} % ({check['tiles']} tiles)")
         print(line)
     report("tflite float32 vs keras", "keras", times["keras"], times["float32"])
     report("tflite fp16 vs float32", "tflite float32", times["float32"], times["fp16"])

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imagefiles import IMAGE_SUFFIXES, read_image  # noqa: E402
 from instances import label_image  # noqa: E402
 from overlap_tile import as_yxc_with, invoke_tiles, predict_image, softmax  # noqa: E402
-from variants import VARIANTS, choose_variant, cpu_flags  # noqa: E402
+from variants import VARIANTS, choose_variant, cpu_flags, exported_variants  # noqa: E402
 
 PROG = "edge_predict"
 
@@ -102,8 +102,8 @@ def choose_model(model, variant=None, flags=None):
         return model, None, "the file given"
     if not model.is_dir():
         raise FileNotFoundError(f"model not found: {model} (a .tflite file or an export folder)")
-    available = [v for v in VARIANTS if (model / f"model_{v}.tflite").is_file()]
-    variant, reason = choose_variant(available, cpu_flags() if flags is None else flags, variant)
+    variant, reason = choose_variant(exported_variants(model),
+                                     cpu_flags() if flags is None else flags, variant)
     return model / f"model_{variant}.tflite", variant, reason
 
 

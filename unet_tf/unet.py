@@ -30,7 +30,7 @@ from .memory import BATCH_SIZE, inference_budget, inference_tile_size, volume_ti
 from .metrics import evaluate as evaluate_image
 from .model_folder import EXPORT_DIR, RUNTIMES, load_model_folder, read_config
 from .sizes import output_size, size_rule
-from .variants import VARIANTS, choose_variant, cpu_flags
+from .variants import choose_variant, cpu_flags, exported_variants
 from .tiling import OUTPUTS, predict_tiled, tile_count, tile_progress
 from .volume_sizes import axis_periods, check_volume_shape, volume_output_shape
 
@@ -260,7 +260,7 @@ class UNet:
         """The folder's TFLite export fastest on this CPU (or ``variant``); sets its tile, the
         choice and its reason, and the description."""
         export = self.folder / EXPORT_DIR
-        available = [kind for kind in VARIANTS if (export / f"model_{kind}.tflite").is_file()]
+        available = exported_variants(export)
         if not available and variant is None:
             raise FileNotFoundError(
                 f"--runtime litert needs a TFLite export in {export}: run `unet-tf export "

@@ -32,6 +32,11 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
     return set()
 
 
+def exported_variants(folder):
+    """The variants with a ``model_<variant>.tflite`` in export folder ``folder``."""
+    return [v for v in VARIANTS if (Path(folder) / f"model_{v}.tflite").is_file()]
+
+
 def int8_dot_product(flags):
     """The name of the first int8 dot-product instruction set among ``flags``, or ``None``."""
     return next((name for flag, name in INT8_DOT_PRODUCT.items() if flag in flags), None)
