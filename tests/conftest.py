@@ -10,6 +10,18 @@ import numpy as np
 import pytest
 
 
+def pytest_xdist_auto_num_workers(config):
+    """Workers for ``-n auto`` (pytest.ini): one per core, but at most one per 3 GiB of memory
+    (each is a TensorFlow process training small nets) and 8 (there are ~40 test files, and each
+    worker's TensorFlow already uses every core)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):   # no sysconf (Windows)
+        memory_gib = 3 * (cores or 1)
+    return max(1, min(cores or 1, int(memory_gib // 3), 8))
+
+
 @pytest.fixture(scope="session")
 def sample():
     from unet_tf.samples import load_sample

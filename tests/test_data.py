@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-import tensorflow as tf
-import keras
 
+from unet_tf.backend import keras, tf   # TensorFlow as unet_tf loads it
 from unet_tf import build_unet, output_size, weighted_pixel_loss
 from unet_tf.data import validation_windows, make_dataset
 

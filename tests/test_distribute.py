@@ -6,11 +6,10 @@ import socket
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from unet_tf.backend import keras, tf   # TensorFlow as unet_tf loads it
 from unet_tf import build_unet, make_dataset
 from unet_tf.distribute import fit_custom_loop
 from unet_tf.losses import weighted_pixel_loss

@@ -8,8 +8,8 @@ import zipfile
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from unet_tf.backend import tf   # TensorFlow as unet_tf loads it
 from unet_tf.exporters import export_model
 from unet_tf.exporters.onnx import run_onnx
 from unet_tf.model_folder import load_model_folder

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-import tensorflow as tf
-import keras
 
+from unet_tf.backend import keras, tf   # TensorFlow as unet_tf loads it
 from unet_tf import build_unet, crop_amounts, next_valid_input_size, output_size, size_rule
 from unet_tf.sizes import is_valid_input_size
 

@@ -1,5 +1,4 @@
-import keras
-
+from unet_tf.backend import keras   # TensorFlow as unet_tf loads it
 from unet_tf import build_unet, normalize, output_size, weighted_pixel_loss
 
 

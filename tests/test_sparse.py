@@ -4,12 +4,11 @@ score), and a run that learned nothing saying so (exit code 3)."""
 
 import json
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from scipy import ndimage as ndi
 
+from unet_tf.backend import keras, tf   # TensorFlow as unet_tf loads it
 from unet_tf import output_size, weighted_pixel_loss
 from unet_tf.config import TrainConfig
 from unet_tf.data import make_dataset

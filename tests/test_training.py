@@ -1,10 +1,10 @@
 import csv
 import json
 
-import keras
 import numpy as np
 import pytest
 
+from unet_tf.backend import keras   # TensorFlow as unet_tf loads it
 from unet_tf.config import TrainConfig
 from unet_tf.model_folder import load_model_folder
 from unet_tf.training import split_images, train
