@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import napari
+import numpy as np
 from qtpy.QtWidgets import QApplication
 
 from unet_tf.metrics import evaluate
@@ -65,7 +66,9 @@ def main():
     viewer.screenshot(str(out / "napari_segment.png"), canvas_only=False)
 
     corrected = labels.data.copy()
-    corrected[:, :right] = truth[:, :right]      # the corrections of the left half
+    # the corrections of the left half: the true nuclei painted as new labels (ids after the
+    # segmentation's, or a true and a predicted nucleus sharing an id would be one object)
+    corrected[:, :right] = np.where(truth[:, :right] > 0, truth[:, :right] + corrected.max(), 0)
     labels.data = corrected
     segment.retrain_budget.value = args.budget
     segment.retrain()
