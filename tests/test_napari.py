@@ -36,6 +36,9 @@ def errors_shown(severity="ERROR"):
 def viewer(qapp, request):
     if os.environ.get("DISPLAY"):
         viewer = request.getfixturevalue("make_napari_viewer")()
+        # the window Xvfb's screen holds: at napari's default 954x600 the docked Segment
+        # widget (a long tmp path in its model folder) left the canvas no width at all
+        viewer.window._qt_window.resize(1400, 900)
     else:
         from napari.components import ViewerModel
         viewer = ViewerModel()
