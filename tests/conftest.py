@@ -11,15 +11,15 @@ import pytest
 
 
 def pytest_xdist_auto_num_workers(config):
-    """Workers for ``-n auto`` (pytest.ini): one per core, but at most one per 3 GiB of memory
-    (each is a TensorFlow process training small nets) and 8 (there are ~40 test files, and each
-    worker's TensorFlow already uses every core)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):   # no sysconf (Windows)
-        memory_gib = 3 * (cores or 1)
-    return max(1, min(cores or 1, int(memory_gib // 3), 8))
+    """Workers for ``-n auto`` (pytest.ini): one per core, but at most one per 3 GiB of available
+    memory (each is a TensorFlow process training small nets) and 8 (there are ~40 test files,
+    and each worker's TensorFlow already uses every core)."""
+    from unet_tf.memory import available_bytes   # loads no TensorFlow
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count()) or 1
+    available = available_bytes()                 # None where unknown: the cores decide
+    by_memory = int(available // (3 * 2**30)) if available else cores
+    return max(1, min(cores, by_memory, 8))
 
 
 @pytest.fixture(scope="session")
