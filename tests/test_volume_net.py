@@ -71,6 +71,25 @@ def test_the_keras_net_gives_the_shape_the_arithmetic_gives(voxel, shape):
                                model.predict(np.zeros((1, *shape, 1)), verbose=0), atol=1e-6)
 
 
+def test_the_3d_net_raises_the_size_error_not_a_concat_error(tmp_path):
+    """Called on a volume its plan cannot take, the net names the axis and the nearest valid
+    sizes: at once for known sizes, as the graph runs for unknown ones (serving), and so after
+    a save and load too."""
+    from unet_tf.backend import keras, tf
+    from unet_tf.model import build_unet_3d
+    plan = plan_axes((1.0, 0.5, 0.5), 3)
+    model = build_unet_3d((None, None, None, 1), plan=plan, filters=2)
+    model.save(tmp_path / "m.keras")
+    model = keras.saving.load_model(tmp_path / "m.keras")
+    with pytest.raises(ValueError, match=r"X 49: use 48 or 52"):
+        model(np.zeros((1, 20, 48, 49, 1), "float32"))
+    fn = tf.function(model, input_signature=[tf.TensorSpec((None, None, None, None, 1))])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"not valid for this net \(Y 50: use 48 or 52\)"):
+        fn(tf.zeros((1, 20, 50, 48, 1)))
+    assert fn(tf.zeros((1, 20, 48, 48, 1))).shape[1:4] == volume_output_shape((20, 48, 48), plan)
+
+
 def test_the_3d_net_is_translation_equivariant_like_one_pass_over_a_larger_volume():
     """Valid convolutions: a sub-volume's output is the matching crop of the whole one's, when
     the sub-volume starts on the pooling grid (the basis of exact overlap-tile in 3-D)."""

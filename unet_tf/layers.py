@@ -1,13 +1,14 @@
-"""The two custom layers of a unet-tf U-Net, registered with Keras under the package "unet_tf".
+"""The custom layers of a unet-tf U-Net, registered with Keras under the package "unet_tf".
 
 Importing this module (``import unet_tf.layers``, or anything of unet_tf that builds or loads a
-model) lets ``keras.saving.load_model("M/model.keras")`` find both classes without
+model) lets ``keras.saving.load_model("M/model.keras")`` find them without
 ``custom_objects``. It imports nothing else of unet_tf but the size
 arithmetic, which it needs to check sizes.
 """
 
 from .backend import keras, tf
 from .sizes import check_input_size, size_rule
+from .volume_sizes import AXIS_NAMES, axis_rule, check_volume_shape, per_axis
 
 
 @keras.saving.register_keras_serializable(package="unet_tf")
@@ -48,6 +49,43 @@ class InputSizeCheck(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "depth": self.depth, "upsampling": self.upsampling}
+
+
+@keras.saving.register_keras_serializable(package="unet_tf")
+class VolumeSizeCheck(keras.layers.Layer):
+    """:class:`InputSizeCheck` for a 3-D U-Net: identity that rejects ``(Z, Y, X)`` sizes the
+    net's per-axis ``plan`` (``{"pools", "kernels"}``) cannot process, naming the nearest valid
+    sizes of each wrong axis (``ValueError`` for static sizes, ``InvalidArgumentError`` with the
+    same words when the sizes are only known as the graph runs)."""
+
+    def __init__(self, plan, **kwargs):
+        super().__init__(**kwargs)
+        self.plan = {"pools": [list(p) for p in plan["pools"]],
+                     "kernels": [list(k) for k in plan["kernels"]]}
+        self.rules = [axis_rule(p, k) for p, k in per_axis(self.plan)]   # validates the plan
+
+    def call(self, x):
+        static = tuple(x.shape[1:4])
+        if all(s is not None for s in static):
+            check_volume_shape(tuple(int(s) for s in static), self.plan)
+            return x
+        checks = []
+        for axis, (name, (smallest, step, _)) in enumerate(zip(AXIS_NAMES, self.rules), 1):
+            s = tf.shape(x)[axis]
+            below = smallest + tf.maximum(s - smallest, 0) // step * step
+            ok = tf.logical_and(s >= smallest, tf.equal((s - smallest) % step, 0))
+            message = tf.strings.format(
+                "input {} is not valid for this net (" + name + " {}: use {} or {})",
+                (tf.shape(x)[1:4], s, below, below + step))
+            checks.append(tf.debugging.Assert(ok, [message]))
+        with tf.control_dependencies(checks):
+            return tf.identity(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "plan": self.plan}
 
 
 @keras.saving.register_keras_serializable(package="unet_tf")

@@ -4,7 +4,7 @@ Sizes follow :mod:`unet_tf.sizes`; the two custom layers live in :mod:`unet_tf.l
 """
 
 from .backend import keras
-from .layers import InputSizeCheck, NearestUpsample2x
+from .layers import InputSizeCheck, NearestUpsample2x, VolumeSizeCheck
 from .sizes import check_input_size, crop_amounts, size_rule
 from .volume_sizes import per_axis, axis_crops, axis_rule, check_volume_shape, plan_axes
 
@@ -130,7 +130,7 @@ def build_unet_3d(input_shape=(None, None, None, 1), num_classes=2, plan=None, f
         return _conv_block(x, filters * 2 ** level, name, kernels[level], keras.layers.Conv3D)
 
     inputs = keras.Input(shape=input_shape, name="volume")
-    x, skips = inputs, []
+    x, skips = VolumeSizeCheck(plan, name="volume_size_check")(inputs), []
     for level in range(depth - 1):
         x = conv_block(x, level, f"down{level}")
         skips.append(x)
