@@ -1,7 +1,7 @@
 """The planned 3-D U-Net against a 3-D Otsu + watershed baseline and the 2-D U-Net run frame by
 frame, on a real anisotropic nuclei time-lapse held out by time.
 
-    python benchmarks/bench_volumes.py --cho DIR [--budget 10m]
+    python benchmarks/bench_volumes.py --cho DIR [--budget 10m] [--keep DIR]
 
 Data (real, never downloaded at run time): Fluo-N3DH-CHO (Cell Tracking Challenge), 20 time
 points of 5 x 443 x 512 voxels at 1 x 0.202 x 0.202 um, with the ``ERR_SEG`` instance masks,
@@ -26,6 +26,7 @@ Prints a table and ``RESULT`` lines: the 3-D net's F1 over each baseline's.
 """
 
 import argparse
+import contextlib
 import functools
 import sys
 import tempfile
@@ -104,6 +105,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cho", required=True, help="folder holding the Fluo-N3DH-CHO_02 files")
     parser.add_argument("--budget", default="10m", help="training time of each net (10m)")
+    parser.add_argument("--keep", metavar="DIR", help="keep the two model folders in DIR "
+                        "(3d, 2d) to look at their output; default: a temporary folder")
     args = parser.parse_args()
     (train_volumes, train_masks), (test_volumes, test_masks) = cho_set(args.cho)
     print(f"Fluo-N3DH-CHO: {len(train_volumes)} training / {len(test_volumes)} test volumes of "
@@ -111,7 +114,8 @@ def main():
     print(f"{'run':<44} {'training':>10} {'IoU':>8} {'F1@0.5':>8} {'mAP':>8} {'merged':>7} "
           f"{'split':>6}")
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    kept = contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()
+    with kept as tmp:
         plan = make_volume_plan(train_volumes, train_masks, VOXEL_SIZE, args.budget)
         start = time.perf_counter()
         unet = unet_tf.UNet.train(plan.config(out=f"{tmp}/3d"), train_volumes, train_masks,
