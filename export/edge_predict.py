@@ -20,6 +20,11 @@ overlap-tile (mirrored context, windows on the pooling grid) exactly like ``unet
 int8 models get quantised input and dequantised logits. Writes ``NAME.tif``/``NAME.png``: instance
 labels made by ``instances.py`` (a byte copy of ``unet_tf/instances.py``) with the model
 folder's post-processing settings from the sidecar, or class ids for a multi-class model.
+
+A 3-D net's export (its sidecar has ``tile_shape``) takes ``ZYX``/``ZYXC`` TIFF stacks, predicts
+them tile by tile in 3-D (``overlap_tile.predict_volume``, as ``unet-tf predict``) and labels
+them in 3-D with ``volume_instances.py`` (the library's code; it needs SciPy: ``pip install
+scipy``), using the voxel size in the sidecar.
 Exit codes: 0 done, 2 bad input (one line on stderr), 1 anything else.
 """
 
@@ -36,7 +41,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imagefiles import IMAGE_SUFFIXES, read_image  # noqa: E402
 from instances import label_image  # noqa: E402
-from overlap_tile import as_yxc_with, invoke_tiles, predict_image, softmax  # noqa: E402
+from overlap_tile import (as_yxc_with, as_zyxc_with, invoke_tiles, normalization_range,  # noqa: E402
+                          predict_image, predict_volume, softmax)
 from variants import VARIANTS, choose_variant, cpu_flags, exported_variants  # noqa: E402
 
 PROG = "edge_predict"
@@ -67,22 +73,36 @@ class EdgeModel:
         except (ValueError, RuntimeError) as err:
             raise ValueError(f"cannot load {model_path} as a TFLite model: {err}") from None
 
+    @property
+    def is_volume(self):
+        """Whether this is a 3-D net (it takes ``ZYX``/``ZYXC`` volumes)."""
+        return "tile_shape" in self.meta
+
     def predict_tiles(self, tiles):
-        """Logits ``(B, O, O, K)`` float32 for normalised float32 tiles ``(B, T, T, C)``."""
+        """Logits ``(B, O, O, K)`` float32 for normalised float32 tiles ``(B, T, T, C)`` (a 3-D
+        net: ``(B, *output_shape, K)`` for ``(B, *tile_shape, C)``)."""
         return invoke_tiles(self.interpreter, tiles)
 
     def segment(self, image):
-        """What ``unet-tf predict`` writes for a ``YX``/``YXC`` image: instance labels, or class
-        ids (uint8) for a multi-class model."""
+        """What ``unet-tf predict`` writes for a ``YX``/``YXC`` image (a 3-D net: ``ZYX``/``ZYXC``
+        volume): instance labels, or class ids (uint8) for a multi-class model."""
         return labels_from(self.predict(image, "probabilities"), self.meta)
 
     def predict(self, image, output="labels"):
         """``"logits"``/``"probabilities"`` ``(H, W, K)`` or class ``"labels"`` ``(H, W)`` int32
-        for a whole ``YX``/``YXC`` image of any size."""
+        for a whole ``YX``/``YXC`` image of any size (a 3-D net: ``(Z, Y, X, ...)`` for a
+        ``ZYX``/``ZYXC`` volume, normalised over the whole volume as in training)."""
         meta = self.meta
-        image = as_yxc_with(image, meta["channels"])
-        logits = predict_image(image, self.predict_tiles, meta["tile_size"], meta["output_size"],
-                               meta["pooling_period"], meta["normalization"])
+        if self.is_volume:
+            volume = as_zyxc_with(image, meta["channels"])
+            logits = predict_volume(volume, self.predict_tiles, meta["tile_shape"],
+                                    meta["output_shape"], meta["pooling_periods"],
+                                    normalization_range(volume, meta["normalization"]))
+        else:
+            image = as_yxc_with(image, meta["channels"])
+            logits = predict_image(image, self.predict_tiles, meta["tile_size"],
+                                   meta["output_size"], meta["pooling_period"],
+                                   meta["normalization"])
         if output == "logits":
             return logits
         if output == "probabilities":
@@ -132,13 +152,25 @@ def _read_metadata(model_path, metadata_path):
 # --------------------------------------------------------------------------- files
 
 def labels_from(probabilities, meta):
-    """Labels from probabilities ``(H, W, K)`` with the sidecar's post-processing, as
-    ``unet-tf predict`` makes them (``instances.label_image``, the library's own code); sidecars
-    from before post-processing was stored mean connected components of the foreground
-    (2 classes) or class ids."""
+    """Labels from probabilities ``(H, W, K)`` (``(Z, Y, X, K)``) with the sidecar's
+    post-processing, as ``unet-tf predict`` makes them (``instances.label_image`` and
+    ``volume_instances.label_volume``, the library's own code); sidecars from before
+    post-processing was stored mean connected components of the foreground (2 classes) or
+    class ids."""
     settings = meta.get("postprocessing") or (
         {"target": "classes"} if meta["num_classes"] > 2 else {})
+    if "tile_shape" in meta:
+        return volume_labeller()(probabilities, settings, meta.get("voxel_size") or (1, 1, 1))
     return label_image(probabilities, settings)
+
+
+def volume_labeller():
+    """``volume_instances.label_volume``, or a ``ValueError`` saying SciPy is missing."""
+    try:
+        from volume_instances import label_volume
+    except ImportError as err:
+        raise ValueError(f"3-D instance labels need SciPy: pip install scipy ({err})") from None
+    return label_volume
 
 
 def write_text(path, text):
@@ -200,7 +232,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a model folder's export/ (the variant fastest here is "
                         "run), or one .tflite exported by `unet-tf export` (JSON beside it)")
-    parser.add_argument("inputs", nargs="+", help="image files (TIFF/PNG/JPEG) or folders")
+    parser.add_argument("inputs", nargs="+", help="image files (TIFF/PNG/JPEG) or folders "
+                        "(a 3-D net: ZYX TIFF stacks)")
     parser.add_argument("--out", required=True, help="folder for the label masks")
     parser.add_argument("--metadata", help="the JSON sidecar, if not next to the model")
     parser.add_argument("--delegate", help="delegate library, e.g. libedgetpu.so.1")
@@ -220,6 +253,8 @@ def main(argv=None):
         path, variant, reason = choose_model(args.model, args.variant)
         print(f"model: {path} ({reason})")
         model = EdgeModel(path, args.metadata, args.delegate, args.threads)
+        if model.is_volume:
+            volume_labeller()   # before any prediction: SciPy is there
         out.mkdir(parents=True, exist_ok=True)
         for source, target in zip(files, targets):
             labels = model.segment(read_image(source))

@@ -493,18 +493,19 @@ def _cmd_predict(args):
                          "per chunk or image (the result is the same for any valid tile)")
     check_writable(Path(args.out).parent if large else args.out)
     from .model_folder import read_config
-    if (large or spread) and read_config(args.model).is_volume:
+    volume_net = read_config(args.model).is_volume
+    if volume_net and (large or args.workers or args.scheduler):
         raise ValueError("a 3-D net predicts TIFF stacks in this process for now: OME-Zarr, "
-                         "--workers, --scheduler and --runtime litert take 2-D nets")
+                         "--workers and --scheduler take 2-D nets")
     if large:
         return _predict_large(inputs[0], args)
     planned = _planned_outputs(inputs, args)
-    if spread:
+    if spread and not volume_net:
         return _predict_spread(planned, args)
     from .postprocess import write_prediction
     from .unet import UNet
     from .io import read_frames
-    unet = UNet.from_folder(args.model)
+    unet = UNet.from_folder(args.model, args.runtime, variant=args.variant)
     if unet.is_volume:
         return _predict_volumes(unet, planned, args)
     batch_size = args.batch_size or BATCH_SIZE
@@ -538,6 +539,10 @@ def _predict_volumes(unet, planned, args):
         write_volume_prediction(labels_path, volume, labels,
                                 probabilities if args.probabilities else None, args.overwrite)
         print(f"{source} -> {labels_path} ({int(labels.max())} objects in 3-D)")
+    if args.runtime == "litert":
+        print(f"runtime: {unet.description}")
+        _write_runtime_record(args, planned, unet.description, unet.variant,
+                              unet.variant_reason)
 
 
 def _counter(quiet, unit):
@@ -580,14 +585,20 @@ def _predict_spread(planned, args):
     for (labels_path, source), objects in zip(planned.items(), results["objects"]):
         print(f"{source} -> {labels_path} ({objects} objects)")
     print(f"runtime: {results['runtime']}")
-    if args.runtime == "litert":   # which export made these labels, and why it was chosen
-        import json
-        from .io import write_atomically
-        record = {"model": str(Path(args.model).resolve()), "runtime": results["runtime"],
-                  "variant": results["variant"], "variant_reason": results["variant_reason"],
-                  "outputs": {str(labels): str(source) for labels, source in planned.items()}}
-        write_atomically(Path(args.out) / "predict.json",
-                         lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    if args.runtime == "litert":
+        _write_runtime_record(args, planned, results["runtime"], results["variant"],
+                              results["variant_reason"])
+
+
+def _write_runtime_record(args, planned, runtime, variant, reason):
+    """``OUT/predict.json``: which export made these labels, and why it was chosen."""
+    import json
+    from .io import write_atomically
+    record = {"model": str(Path(args.model).resolve()), "runtime": runtime,
+              "variant": variant, "variant_reason": reason,
+              "outputs": {str(labels): str(source) for labels, source in planned.items()}}
+    write_atomically(Path(args.out) / "predict.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
 
 
 def _add_predict(subparsers):
@@ -680,10 +691,18 @@ def _add_evaluate(subparsers):
 
 # --------------------------------------------------------------------------- export
 
+def _export_tile(text):
+    """``--tile-size``: one size (2-D net) or ``Z,Y,X`` (3-D net); the exporter checks which."""
+    if text is None:
+        return None
+    return _triple(text, int, "--tile-size") if "," in text else _number(text, int, "--tile-size")
+
+
 def _cmd_export(args):
     import json
     from .exporters import export_model
     from .exporters.edgetpu import export_edgetpu
+    args.tile_size = _export_tile(args.tile_size)
     quiet = stderr_captured() if not args.debug else contextlib.nullcontext()
     if args.format == "edgetpu":
         with quiet:
@@ -700,7 +719,9 @@ def _cmd_export(args):
     if path.suffix == ".tflite":
         meta = json.loads(path.with_suffix(".json").read_text())
         check = meta["check"]
-        print(f"  tile {meta['tile_size']} -> {meta['output_size']} ({meta['tile_choice']}), "
+        tile, out = ((meta["tile_size"], meta["output_size"]) if "tile_size" in meta else
+                     ("x".join(map(str, meta["tile_shape"])), "x".join(map(str, meta["output_shape"]))))
+        print(f"  tile {tile} -> {out} ({meta['tile_choice']}), "
               f"input {meta['input_tensor']['dtype']}, metadata {path.with_suffix('.json')}")
         print(f"  vs the Keras model on {check['tiles']} tiles: max |logit diff| "
               f"{check['max_abs_logit_diff']:.3g}, same label {100 * check['label_agreement']:.2f}%")
@@ -739,6 +760,7 @@ def _add_export(subparsers):
         unet-tf export my-model --format savedmodel     # my-model/export/savedmodel/1/
         unet-tf export my-model --format tflite-int8    # calibrated on the training images
         unet-tf export my-model --format tflite --tile-size 252 --overwrite
+        unet-tf export volume-model --format tflite --tile-size 44,92,92   # a 3-D net
         unet-tf export edge-model --format edgetpu      # int8 + op check (+ edgetpu_compiler)
         unet-tf export my-model --format onnx           # needs pip install 'unet-tf[onnx]'
         unet-tf export my-model --format bioimageio     # Fiji/deepImageJ, napari, ilastik
@@ -749,8 +771,9 @@ def _add_export(subparsers):
                    choices=EXPORT_FORMATS,
                    help="SavedModel (any size, dynamic batch), a TFLite tile model, or the int8 "
                    "one checked (and compiled, if edgetpu_compiler is installed) for the Edge TPU")
-    p.add_argument("--tile-size", type=int, help="TFLite input tile (default: the largest whose "
-                   "activations fit 256 MiB, for devices; stated in the sidecar)")
+    p.add_argument("--tile-size", metavar="T|Z,Y,X", help="TFLite input tile, Z,Y,X for a 3-D "
+                   "net (default: the largest whose activations fit 256 MiB, for devices; "
+                   "stated in the sidecar)")
     p.add_argument("--calibration-images", metavar="DIR",
                    help="int8: images like the training data (default: the training images)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export")

@@ -106,3 +106,35 @@ class NearestUpsample2x(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape
         return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
+
+
+@keras.saving.register_keras_serializable(package="unet_tf")
+class PlanarMaxPool3D(keras.layers.Layer):
+    """``MaxPooling3D(pool_size)`` (valid, stride = pool) computed by 2-D max-pools: LiteRT has
+    no 3-D max-pool. The ``(py, px)`` pool runs on the ``(B*Z, Y, X, C)`` planes, then the ``pz``
+    pool on ``(B, Z, Y*X, C)``; the max of a box is the max of its planes' maxima, so the result
+    is equal, not close. Needs static ``Z, Y, X`` (the fixed-tile nets TFLite exports are)."""
+
+    def __init__(self, pool_size, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = tuple(int(p) for p in pool_size)
+
+    def call(self, x):
+        pz, py, px = self.pool_size
+        z, y, w, c = x.shape[1:]
+        if None in (z, y, w):
+            raise ValueError(f"PlanarMaxPool3D needs static Z, Y, X sizes, got {x.shape}")
+        if (py, px) != (1, 1):
+            x = tf.nn.max_pool2d(tf.reshape(x, [-1, y, w, c]), (py, px), (py, px), "VALID")
+            y, w = y // py, w // px
+        if pz != 1:
+            x = tf.nn.max_pool2d(tf.reshape(x, [-1, z, y * w, c]), (pz, 1), (pz, 1), "VALID")
+            z //= pz
+        return tf.reshape(x, [-1, z, y, w, c])
+
+    def compute_output_shape(self, input_shape):
+        b, *spatial, c = input_shape
+        return (b, *(None if s is None else s // p for s, p in zip(spatial, self.pool_size)), c)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}

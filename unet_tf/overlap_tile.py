@@ -202,6 +202,17 @@ def softmax(logits):
 
 # --------------------------------------------------------------------------- volumes (ZYX)
 
+def as_zyxc_with(volume, channels):
+    """``volume`` as ``ZYXC`` with ``channels`` channels (a ``ZYX`` stack gets one), or a
+    ``ValueError`` that says what came."""
+    given = np.asarray(volume)
+    volume = given[..., None] if given.ndim == 3 else given
+    if volume.ndim != 4 or volume.shape[3] != channels:
+        raise ValueError(f"expected a ZYX or ZYXC volume with {channels} channel(s) for this 3-D "
+                         f"net, got shape {given.shape}")
+    return volume
+
+
 def crop_reflect_nd(array, starts, sizes):
     """``array[s0:s0+n0, s1:s1+n1, ...]`` (leading axes) with mirrored content outside it."""
     if all(s >= 0 and s + n <= m for s, n, m in zip(starts, sizes, array.shape)):

@@ -63,8 +63,6 @@ class UNet:
         if model is None and self.folder is None:
             raise ValueError("UNet needs a model or a model folder to load one from")
         a = config.architecture
-        if a.is_volume and runtime != "keras":
-            raise ValueError("a 3-D net runs on the keras runtime only (no 3-D TFLite export yet)")
         self.period = axis_periods(a.plan) if a.is_volume else size_rule(a.depth, a.upsampling)[1]
         self.fixed_tile, self.description, self._forward = None, "Keras", None
         self.variant, self.variant_reason = None, None
@@ -218,13 +216,22 @@ class UNet:
         if volume.shape[3] != self.channels:
             raise ValueError(f"volume has {volume.shape[3]} channels, the model expects "
                              f"{self.channels}")
+        plan = self.config.architecture.plan
+        if tile_shape and self.fixed_tile and tuple(tile_shape) != self.fixed_tile:
+            raise ValueError(f"the LiteRT export takes {'x'.join(map(str, self.fixed_tile))} "
+                             f"tiles only, got tile_size={tile_shape}")
         tile_shape = tuple(tile_shape or self.tile_size(volume.shape, 1))
-        check_volume_shape(tile_shape, self.config.architecture.plan)
+        check_volume_shape(tile_shape, plan)
         on_batch = tile_progress(progress, self.tile_count(volume.shape, tile_shape, 1)) \
             if progress else None
-        probabilities = predict_volume_tiled(self.model, volume, self.config.architecture.plan,
-                                             self.normalization, tile_shape, 1,
-                                             on_batch=on_batch)
+        if self.runtime == "keras":
+            probabilities = predict_volume_tiled(self.model, volume, plan, self.normalization,
+                                                 tile_shape, 1, on_batch=on_batch)
+        else:
+            probabilities = overlap_tile.predict_volume(
+                volume, self.predict_tiles, tile_shape, volume_output_shape(tile_shape, plan),
+                self.period, overlap_tile.normalization_range(volume, self.normalization), 1,
+                on_batch)
         return as_output(probabilities, output)
 
     def predict_window(self, image, value_range, window):
@@ -272,11 +279,13 @@ class UNet:
             raise ValueError(f"{path.with_suffix('.json')} describes another model than {path} "
                              f"(SHA-256 differs: an export was interrupted): run `unet-tf export "
                              f"{self.folder} --format ... --overwrite` again")
-        self.fixed_tile = meta["tile_size"]
+        self.fixed_tile = (tuple(meta["tile_shape"]) if self.is_volume  # a 3-D net's Z, Y, X
+                           else meta["tile_size"])
         check = meta.get("check", {})
         agreement = (f", {100 * check['label_agreement']:.2f} % of pixels as Keras on "
                      f"{check['tiles']} check tiles" if "label_agreement" in check else "")
-        self.description = (f"LiteRT {path.name} (tile {self.fixed_tile}{agreement}; "
+        tile = "x".join(map(str, self.fixed_tile)) if self.is_volume else self.fixed_tile
+        self.description = (f"LiteRT {path.name} (tile {tile}{agreement}; "
                             f"{self.variant}: {self.variant_reason})")
         return path
 

@@ -8,12 +8,15 @@ h-maxima; ``"boundary"``: of the interior probability, seeded at the connected i
 objects smaller than ``min_size`` voxels are dropped. Face connectivity (6) throughout, as
 :func:`unet_tf.masks.as_instances` splits binary volumes. The settings are those of
 :func:`unet_tf.instances.check_settings` (``split``'s ``h`` in finest-axis voxels).
+
+``export/volume_instances.py`` is a copy for the TensorFlow-free runtime, equal but for that one
+import (``from instances import``, a sibling file there); it needs SciPy.
 """
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from .instances import check_settings, fill_holes, remove_small
+from .instances import check_settings, fill_holes, remove_small   # kit copy: from instances
 
 _FACES = ndi.generate_binary_structure(3, 1)
 _LEVELS = 32  # flooding order: priority quantised to this many levels (as in 2-D)

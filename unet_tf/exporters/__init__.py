@@ -12,6 +12,10 @@ onnx            ``model.onnx`` (opset 17)                   :mod:`.onnx`
 bioimageio      ``bioimageio.zip`` (spec 0.5)               :mod:`.bioimageio`
 ==============  ==========================================  ==============================
 
+A 3-D net (``ZYX`` volumes) exports as savedmodel, tflite, tflite-fp16 and onnx with 5-D
+input; int8 and the Edge TPU refuse it (no int8 3-D convolution in TFLite, none on the chip),
+and so, for now, does bioimageio (:data:`NOT_FOR_VOLUMES` says why).
+
 Every artefact is written to a temporary sibling and renamed into place, so a failed or killed
 export leaves the previous one untouched.
 """
@@ -21,6 +25,16 @@ import importlib
 from ..model_folder import read_config
 
 FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "edgetpu", "onnx", "bioimageio")
+# Why a 3-D net cannot take a format (checked before any work).
+NOT_FOR_VOLUMES = {
+    "tflite-int8": "TFLite has no int8 3-D convolution (the converter keeps CONV_3D float between "
+                   "QUANTIZE/DEQUANTIZE), so no full-integer 3-D net exists; use --format tflite "
+                   "or tflite-fp16",
+    "edgetpu": "the Edge TPU has no 3-D convolution (and TFLite no int8 one); run the tflite or "
+               "tflite-fp16 export on the device's CPU instead",
+    "bioimageio": "its bioimage.io package (ZYX axes, test tensors from a volume) is not "
+                  "written yet; the savedmodel and onnx exports take ZYX volumes",
+}
 
 
 def export_model(model_dir, format="savedmodel", tile_size=None, calibration_images=None,
@@ -30,8 +44,9 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     Args:
         model_dir: a folder written by :func:`unet_tf.train`.
         format: one of :data:`FORMATS`.
-        tile_size: TFLite/Edge TPU tile (a valid size; default the training tile). The
-            SavedModel and ONNX models take any valid size.
+        tile_size: TFLite/Edge TPU tile (a valid size, ``(Z, Y, X)`` for a 3-D net; default:
+            the largest that fits a device's memory). The SavedModel and ONNX models take any
+            valid size.
         calibration_images: int8/Edge TPU only: a folder or a list of ``YX``/``YXC`` arrays
             like the training data. Default: the training images folder in ``config.json``.
         overwrite: replace an earlier export of the same format.
@@ -41,7 +56,8 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
         :func:`unet_tf.exporters.edgetpu.export_edgetpu` for the op report).
 
     Raises:
-        ValueError: unknown format, invalid tile, a model folder that cannot be read.
+        ValueError: unknown format, invalid tile, a model folder that cannot be read, a 3-D
+            net and a format that cannot hold one (:data:`NOT_FOR_VOLUMES`).
         FileExistsError: an earlier export exists and ``overwrite`` is false.
         ModuleNotFoundError: the optional extra a format needs is not installed.
 
@@ -51,9 +67,9 @@ def export_model(model_dir, format="savedmodel", tile_size=None, calibration_ima
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if read_config(model_dir).is_volume:
-        raise ValueError(f"{model_dir} is a 3-D net: its exports are not written yet (the "
-                         "model folder's model.keras runs with unet-tf predict)")
+    if read_config(model_dir).is_volume and format in NOT_FOR_VOLUMES:
+        raise ValueError(f"{model_dir} is a 3-D net, which cannot be exported as {format}: "
+                         f"{NOT_FOR_VOLUMES[format]}")
     if format.startswith("tflite"):
         from . import tflite
         return tflite.export(model_dir, tflite.KINDS[format], tile_size, calibration_images,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tflite
+from ..model_folder import read_config
 
 OPS_FILE = Path(__file__).with_name("edgetpu_ops.json")
 # Activations beyond the ~8 MB on-chip SRAM stream through the host's memory: the default tile
@@ -194,7 +195,12 @@ def export_edgetpu(model_dir, tile_size=None, calibration_images=None, overwrite
     when ``edgetpu_compiler`` is on PATH, compiled (``export/model_int8_edgetpu.tflite``).
 
     An existing int8 export of the same tile size is checked as it is unless ``overwrite``.
+    A 3-D net is refused (``ValueError``): the chip has no 3-D convolution.
     """
+    if read_config(model_dir).is_volume:
+        from . import NOT_FOR_VOLUMES
+        raise ValueError(f"{model_dir} is a 3-D net, which cannot run on the Edge TPU: "
+                         f"{NOT_FOR_VOLUMES['edgetpu']}")
     target = tflite.tflite_path(model_dir, "int8")
     sidecar = target.with_suffix(".json")
     if target.exists() and sidecar.exists() and not overwrite:

@@ -8,6 +8,7 @@ from ..errors import MissingExtra
 from ..io import write_atomically
 from ..model_folder import load_model_folder
 from .common import ONNX_OPSET, export_target
+from .savedmodel import image_spec
 
 ONNX_FILE = "model.onnx"
 
@@ -24,10 +25,10 @@ def onnx_modules():
 
 def export_onnx(model, config, path):
     """Write an ONNX model (opset 17): ``image`` float32 ``(N, H, W, C)`` normalised, any valid
-    size -> ``probabilities`` float32 ``(N, H-shrink, W-shrink, K)`` (softmax in the graph)."""
+    size -> ``probabilities`` float32 ``(N, H-shrink, W-shrink, K)`` (softmax in the graph);
+    a 3-D net: ``(N, Z, Y, X, C)`` -> ``(N, Z', Y', X', K)``."""
     tf2onnx = onnx_modules()
-    spec = [tf.TensorSpec([None, None, None, config.architecture.channels], tf.float32,
-                          name="image")]
+    spec = [image_spec(config.architecture)]
 
     @tf.function(input_signature=spec)
     def probabilities(image):

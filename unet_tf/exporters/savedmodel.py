@@ -5,6 +5,10 @@
 ``segment``: ``image`` float32 ``(B, H, W, C)`` raw images of any size -> the same outputs at
 ``(H, W)``, normalised and mirror-padded inside the graph, equal to ``predict_tiled``.
 
+A 3-D net's signatures are the same with ``(B, Z, Y, X, C)`` input, any valid tile per axis
+(``serving_default``) or any volume (``segment``, normalised over the whole volume as in
+training).
+
 ``labels`` are class ids (the argmax). Instance labels need the folder's post-processing
 (watershed split, size filter: ``postprocessing`` in ``config.json``), which runs on the client
 on the probabilities: ``export/serving/rest_client.py`` does it with ``export/instances.py``.
@@ -15,6 +19,7 @@ import shutil
 from ..backend import keras, tf
 from ..model_folder import load_model_folder
 from ..sizes import size_rule
+from ..volume_sizes import axis_rule, per_axis
 from .common import export_target, replace_path, temporary_folder
 
 SAVEDMODEL_DIR = "savedmodel"
@@ -38,25 +43,36 @@ def _percentile(values, q):
     return low + (position - tf.floor(position)) * (high - low)
 
 
+def _axis_rules(architecture):
+    """``(smallest, step, shrink)`` of each spatial axis (2 for a 2-D net, ZYX for a 3-D one)."""
+    a = architecture
+    if a.is_volume:
+        return [axis_rule(p, k) for p, k in per_axis(a.plan)]
+    return [size_rule(a.depth, a.upsampling)] * 2
+
+
+def image_spec(architecture):
+    """``image`` float32 ``(B, *spatial, C)``, every size free."""
+    rank = 3 if architecture.is_volume else 2
+    return tf.TensorSpec([None] * (1 + rank) + [architecture.channels], tf.float32, name="image")
+
+
 def _segment_function(model, config):
-    """Whole raw images of any size -> labels/probabilities, exactly as ``predict_tiled``.
+    """Whole raw images (volumes, for a 3-D net) of any size -> labels/probabilities, exactly
+    as ``predict_tiled`` (``predict_volume_tiled``).
 
     Normalises each image like training, mirror-pads it to a valid size (margin on every side,
     as the tiles see it) and runs one forward pass: with windows aligned to the pooling period
     this equals the tiled result. Memory grows with the image: for very large images tile on
     the client (``export/serving/rest_client.py`` does).
     """
-    architecture, norm = config.architecture, config.normalization
-    smallest, step, shrink = size_rule(architecture.depth, architecture.upsampling)
-    channels = architecture.channels
+    norm = config.normalization
+    rules = _axis_rules(config.architecture)
+    expand = (slice(None),) + (None,) * (len(rules) + 1)   # (B,) -> (B, 1, ..., 1)
 
-    def padded_size(n):
-        return smallest + tf.maximum(0, (n + shrink - smallest + step - 1) // step) * step
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32,
-                                                name="image")])
+    @tf.function(input_signature=[image_spec(config.architecture)])
     def segment(image):
-        batch, height, width = tf.shape(image)[0], tf.shape(image)[1], tf.shape(image)[2]
+        batch = tf.shape(image)[0]
         flat = tf.reshape(image, [batch, -1])
         if norm["method"] == "dataset":  # one stored range for every image
             lo = tf.fill([batch], tf.constant(norm["range"][0], flat.dtype))
@@ -65,13 +81,12 @@ def _segment_function(model, config):
             lo = _percentile(flat, norm["low"])
             hi = _percentile(flat, norm["high"])
         scale = tf.where(hi > lo, 1.0 / tf.where(hi > lo, hi - lo, 1.0), 0.0)
-        x = (image - tf.cast(lo, tf.float32)[:, None, None, None]) * tf.cast(
-            scale, tf.float32)[:, None, None, None]
-        margin = shrink // 2
-        rows = _reflect(tf.range(padded_size(height)) - margin, height)
-        cols = _reflect(tf.range(padded_size(width)) - margin, width)
-        x = tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
-        logits = model(x, training=False)[:, :height, :width]
+        x = (image - tf.cast(lo, tf.float32)[expand]) * tf.cast(scale, tf.float32)[expand]
+        sizes = [tf.shape(image)[axis] for axis in range(1, len(rules) + 1)]
+        for axis, (size, (smallest, step, shrink)) in enumerate(zip(sizes, rules), 1):
+            padded = smallest + tf.maximum(0, (size + shrink - smallest + step - 1) // step) * step
+            x = tf.gather(x, _reflect(tf.range(padded) - shrink // 2, size), axis=axis)
+        logits = model(x, training=False)[(slice(None),) + tuple(slice(0, n) for n in sizes)]
         return {"probabilities": tf.nn.softmax(logits),
                 "labels": tf.argmax(logits, axis=-1, output_type=tf.int32)}
     return segment
@@ -83,12 +98,9 @@ def export_savedmodel(model, config, path):
     ``serving_default``: ``image`` float32 ``(B, T, T, C)`` normalised tiles of any valid size
     ``T`` -> ``probabilities`` ``(B, O, O, K)`` float32 and ``labels`` ``(B, O, O)`` int32.
     ``segment``: ``image`` float32 ``(B, H, W, C)`` raw images of any size -> the same outputs
-    at ``(H, W)``, normalised and mirror-padded inside the graph.
+    at ``(H, W)``, normalised and mirror-padded inside the graph. A 3-D net: ``(B, Z, Y, X, C)``.
     """
-    channels = config.architecture.channels
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32,
-                                                name="image")])
+    @tf.function(input_signature=[image_spec(config.architecture)])
     def serve(image):
         logits = model(image, training=False)
         return {"probabilities": tf.nn.softmax(logits),

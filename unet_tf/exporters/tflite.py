@@ -8,6 +8,12 @@ The JSON sidecar holds what a runtime needs to cut and stitch tiles exactly like
 :func:`unet_tf.tiling.predict_tiled` (tile and output size, pooling period, normalisation,
 quantisation, classes) and the SHA-256 of the ``.tflite`` it describes. The repository's
 ``export/edge_predict.py`` is such a runtime; both use :mod:`unet_tf.overlap_tile`.
+
+A 3-D net exports as float32 or fp16 with a ``(1, Z, Y, X, C)`` tile: LiteRT runs its
+``CONV_3D``, ``CONV_3D_TRANSPOSE``, slices and concatenations natively; its max-pools, which
+LiteRT lacks, become 2-D ones (:class:`unet_tf.layers.PlanarMaxPool3D`, equal results).
+``CONV_3D`` has no int8 kernel (the converter keeps it float between QUANTIZE/DEQUANTIZE), so
+there is no full-integer 3-D net: int8 and the Edge TPU refuse one.
 """
 
 import hashlib
@@ -23,11 +29,13 @@ from .. import overlap_tile
 from ..version import __version__
 from ..images import check_image
 from ..io import list_images, read_frames, write_atomically
-from ..model import build_unet
+from ..layers import PlanarMaxPool3D
+from ..model import build_unet, build_unet_3d
 from ..model_folder import load_model_folder
 from ..sizes import check_input_size, output_size, size_rule
-from ..memory import DEVICE_MEMORY, inference_tile_size
+from ..memory import DEVICE_MEMORY, inference_tile_size, volume_tile_shape
 from ..tiling import tile_stride
+from ..volume_sizes import axis_periods, check_volume_shape, volume_output_shape
 from .equalize import equalize_channels
 from .common import CALIBRATION_TILES, CHECK_TILES, export_dir, export_target
 
@@ -35,15 +43,56 @@ KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
 # A TFLite model has one fixed tile. Devices have little memory, so the default is the tile
 # memory.inference_tile_size gives a 1024^2 frame within memory.DEVICE_MEMORY.
 DEVICE_FRAME = (1024, 1024)
+DEVICE_VOLUME = (128, 512, 512)   # ZYX: a 3-D net's default tile starts from this stack
 
 
 def device_tile_size(config, memory=DEVICE_MEMORY):
-    """``(tile, why)``: the default TFLite tile of a model folder, and the reason (sidecar)."""
+    """``(tile, why)``: the default TFLite tile of a model folder (a ``(Z, Y, X)`` tuple for a
+    3-D net), and the reason (sidecar)."""
     a = config.architecture
-    tile = inference_tile_size(DEVICE_FRAME, a.depth, a.upsampling, a.filters,
-                               a.channels, a.num_classes, 1, memory)
+    if a.is_volume:
+        tile = volume_tile_shape(DEVICE_VOLUME, a.plan, a.filters, a.channels, a.num_classes,
+                                 1, memory)
+        frame = "x".join(map(str, DEVICE_VOLUME))
+    else:
+        tile = inference_tile_size(DEVICE_FRAME, a.depth, a.upsampling, a.filters,
+                                   a.channels, a.num_classes, 1, memory)
+        frame = f"{DEVICE_FRAME[0]}x{DEVICE_FRAME[1]}"
     return tile, (f"largest tile whose activations fit {memory // 2 ** 20} MiB and no "
-                  f"larger than a {DEVICE_FRAME[0]}x{DEVICE_FRAME[1]} frame needs")
+                  f"larger than a {frame} {'stack' if a.is_volume else 'frame'} needs")
+
+
+def check_tile(config, tile_size):
+    """The tile as the sidecar stores it (an int, or ``(Z, Y, X)`` for a 3-D net), refused if
+    the net cannot take it or its tiles could not line up exactly."""
+    a = config.architecture
+    if not a.is_volume:
+        check_input_size(tile_size, a.depth, a.upsampling)
+        tile_stride(tile_size, a.depth, a.upsampling)
+        return tile_size
+    if isinstance(tile_size, int) or len(tile_size) != 3:
+        raise ValueError(f"a 3-D net's tile is Z,Y,X (three sizes), got {tile_size!r}")
+    tile = tuple(int(t) for t in tile_size)
+    check_volume_shape(tile, a.plan)
+    output = volume_output_shape(tile, a.plan)
+    if any(o < p for o, p in zip(output, axis_periods(a.plan))):
+        raise ValueError(f"tile {'x'.join(map(str, tile))} gives an output of "
+                         f"{'x'.join(map(str, output))}, smaller than the pooling periods "
+                         f"{'x'.join(map(str, axis_periods(a.plan)))}: tiles could not line up; "
+                         "use a larger tile")
+    return tile
+
+
+def tile_geometry(config, tile):
+    """The sidecar's tile fields: ``tile_size``, ``output_size``, ``pooling_period`` (2-D), or
+    ``tile_shape``, ``output_shape``, ``pooling_periods`` (``ZYX`` lists) for a 3-D net."""
+    a = config.architecture
+    if a.is_volume:
+        return {"tile_shape": list(tile), "output_shape": list(volume_output_shape(tile, a.plan)),
+                "pooling_periods": list(axis_periods(a.plan)), "axes": "zyx",
+                "voxel_size": config.voxel_size}
+    return {"tile_size": tile, "output_size": output_size(tile, a.depth, a.upsampling),
+            "pooling_period": size_rule(a.depth, a.upsampling)[1], "axes": "yx"}
 
 
 def tflite_path(model_dir, kind):
@@ -52,12 +101,24 @@ def tflite_path(model_dir, kind):
 
 
 def fixed_size_model(model, config, tile_size):
-    """The same weights in a net with a static ``(1, T, T, C)`` input: no shape ops, no Assert."""
+    """The same weights in a net with a static ``(1, T, T, C)`` input (a 3-D net:
+    ``(1, Z, Y, X, C)``, its max-pools planar): no shape ops, no Assert."""
     a = config.architecture
-    fixed = build_unet((tile_size, tile_size, a.channels), a.num_classes, a.depth,
-                       a.filters, a.dropout, a.upsampling, name=model.name)
+    if a.is_volume:
+        fixed = build_unet_3d((*tile_size, a.channels), a.num_classes, a.plan, a.filters,
+                              a.dropout, name=model.name)
+        fixed = keras.models.clone_model(fixed, clone_function=_planar_pools)
+    else:
+        fixed = build_unet((tile_size, tile_size, a.channels), a.num_classes, a.depth,
+                           a.filters, a.dropout, a.upsampling, name=model.name)
     fixed.set_weights(model.get_weights())
     return fixed
+
+
+def _planar_pools(layer):
+    if isinstance(layer, keras.layers.MaxPooling3D):
+        return PlanarMaxPool3D(layer.pool_size, name=layer.name)
+    return layer.__class__.from_config(layer.get_config())
 
 
 def calibration_tiles(images, config, tile_size, limit=CALIBRATION_TILES):
@@ -111,7 +172,8 @@ def convert(fixed, kind, representative=None):
 
 
 def run_tflite(model_bytes, tiles, threads=2):
-    """Logits (float32) of a TFLite U-Net for normalised float tiles ``(N, T, T, C)``,
+    """Logits (float32) of a TFLite U-Net for normalised float tiles ``(N, T, T, C)`` (or
+    ``(N, Z, Y, X, C)``),
     (de)quantising int8/uint8 input and output as the model's parameters say."""
     from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_content=model_bytes, num_threads=threads)
@@ -133,9 +195,7 @@ def tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice="gi
     return {
         "format": "unet-tf tflite", "format_version": 1, "unet_tf_version": __version__,
         "kind": kind, "tflite_sha256": hashlib.sha256(model_bytes).hexdigest(),
-        "tile_size": tile_size, "tile_choice": tile_choice,
-        "output_size": output_size(tile_size, a.depth, a.upsampling),
-        "pooling_period": size_rule(a.depth, a.upsampling)[1],
+        **tile_geometry(config, tile_size), "tile_choice": tile_choice,
         "depth": a.depth, "upsampling": a.upsampling, "channels": a.channels,
         "num_classes": a.num_classes, "class_names": list(config.class_names),
         "normalization": config.normalization,
@@ -148,7 +208,7 @@ def tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice="gi
 
 
 def agreement(model, model_bytes, tiles):
-    """How an export compares with the Keras model on ``tiles`` ``(N, 1, T, T, C)``: max
+    """How an export compares with the Keras model on ``tiles`` ``(N, 1, *tile, C)``: max
     |logit diff| and the fraction of pixels with the same argmax."""
     reference = model.predict(tiles[:, 0], verbose=0, batch_size=1)
     logits = run_tflite(model_bytes, tiles)
@@ -179,8 +239,9 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
 
     Args:
         model_dir: a model folder.
-        kind: ``"float32"``, ``"fp16"`` or ``"int8"``.
-        tile_size: the tile (a valid size). Default: :func:`device_tile_size`.
+        kind: ``"float32"``, ``"fp16"`` or ``"int8"`` (2-D nets only).
+        tile_size: the tile (a valid size; ``(Z, Y, X)`` for a 3-D net). Default:
+            :func:`device_tile_size`.
         calibration_images: int8 only: a folder or a list of ``YX``/``YXC`` arrays like the
             training data. Default: the training images folder recorded in ``config.json``.
         overwrite: replace an earlier export of the same kind.
@@ -191,11 +252,13 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
     """
     config, target = export_target(model_dir, tflite_path(model_dir, kind).name, overwrite)
     a = config.architecture
+    if kind == "int8" and a.is_volume:
+        from . import NOT_FOR_VOLUMES
+        raise ValueError(f"{model_dir} is a 3-D net: {NOT_FOR_VOLUMES['tflite-int8']}")
     tile_choice = "given"
     if tile_size is None:
         tile_size, tile_choice = device_tile_size(config, device_memory)
-    check_input_size(tile_size, a.depth, a.upsampling)
-    tile_stride(tile_size, a.depth, a.upsampling)  # refuses tiles that cannot line up
+    tile_size = check_tile(config, tile_size)
     sidecar = target.with_suffix(".json")
     calibration = calibration_images_for(config, calibration_images) if kind == "int8" else None
     model, _ = load_model_folder(model_dir)
@@ -203,7 +266,8 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
     model_bytes = convert(fixed_size_model(model, config, tile_size), kind, tiles)
     if tiles is None:
         rng = np.random.default_rng(0)  # float exports: any input shows agreement
-        tiles = rng.random((CHECK_TILES, 1, tile_size, tile_size, a.channels), np.float32)
+        tile = tile_size if a.is_volume else (tile_size, tile_size)
+        tiles = rng.random((CHECK_TILES, 1, *tile, a.channels), np.float32)
     check = agreement(model, model_bytes, tiles[:CHECK_TILES])
     metadata = tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice)
 
