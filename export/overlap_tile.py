@@ -237,22 +237,25 @@ def window_grid_nd(shape, output_shape, periods):
 
 
 def predict_volume(volume, predict_tiles, tile_shape, output_shape, periods, value_range,
-                   batch_size=1, on_batch=None):
+                   batch_size=1, on_batch=None, window=None):
     """Network output for a whole ``ZYXC`` volume, tile by tile, mirrored at its faces: the
     3-D overlap-tile strategy, equal to one pass of the valid network over the mirrored volume.
 
     ``predict_tiles`` maps float32 ``(B, *tile_shape, C)`` to ``(B, *output_shape[, K])``;
     ``periods`` are the per-axis pooling periods; ``value_range = (lo, hi)`` maps to 0 and 1.
-    Returns ``(Z, Y, X[, K])``; memory holds the output and one batch of tiles.
+    ``window = (starts, shape)``: the output of that box only (its tiles read the volume around
+    it); with ``starts`` on the pooling grid it equals that box of the whole volume's output.
+    Returns ``(Z, Y, X[, K])`` (the window's shape); memory holds it and one batch of tiles.
     """
-    shape = volume.shape[:3]
+    starts, shape = window or ((0, 0, 0), volume.shape[:3])
     margins = [(t - o) // 2 for t, o in zip(tile_shape, output_shape)]
     strides, corners = window_grid_nd(shape, output_shape, periods)
     result = None
     for start in range(0, len(corners), batch_size):
         batch = corners[start:start + batch_size]
-        tiles = np.stack([apply_range(crop_reflect_nd(volume, [c - m for c, m in
-                                                               zip(corner, margins)], tile_shape),
+        tiles = np.stack([apply_range(crop_reflect_nd(volume, [o + c - m for o, c, m in
+                                                               zip(starts, corner, margins)],
+                                                      tile_shape),
                                       *value_range) for corner in batch])
         predicted = np.asarray(predict_tiles(tiles))
         if result is None:

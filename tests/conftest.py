@@ -55,6 +55,39 @@ def trained_folder(tmp_path_factory, sample):
     return root / "model"
 
 
+@pytest.fixture(scope="session")
+def trained_volume_folder(tmp_path_factory):
+    """A small 3-D model folder trained for ~20 s on the left half of the bundled volume
+    (40x128x256 confocal nuclei; isotropic enough for 2x2x2 pools): weak, but it finds
+    objects, enough to compare runtimes; the right half is held out."""
+    from unet_tf.config import TrainConfig
+    from unet_tf.samples import VOLUME_VOXEL_SIZE, load_sample_volume
+    from unet_tf.unet import UNet
+    volume, labels = load_sample_volume()
+    out = tmp_path_factory.mktemp("volume") / "model"
+    config = TrainConfig(out=str(out), voxel_size=list(VOLUME_VOXEL_SIZE), tile_size=[44, 64, 64],
+                         depth=3, filters=8, dropout=0.0, epochs=4, steps_per_epoch=15,
+                         optimizer="adam", learning_rate=3e-3, val_split=0.0, seed=0)
+    UNet.train(config, [volume[:, :, :128]], [labels[:, :, :128]], verbose=0)
+    return out
+
+
+def blocking(*names):
+    """``python -c`` code that runs a script (its argv[1]) with ``names`` unimportable."""
+    return f"""
+import runpy, sys
+for name in {names!r}:
+    sys.modules[name] = None          # any import of them now raises ImportError
+sys.argv = sys.argv[1:]
+sys.exit(runpy.run_path(sys.argv[0], run_name="__main__"))
+"""
+
+
+# What a device with only the deployment kit's requirements has: no TensorFlow, Keras, unet_tf
+# or SciPy (which the kit needs for 3-D labels only).
+BLOCK_TENSORFLOW = blocking("tensorflow", "keras", "unet_tf", "scipy")
+
+
 def run_cli(*args, timeout=900):
     """``unet-tf ARGS`` in a fresh interpreter (``from conftest import run_cli``): for what only a
     new process shows (exit codes, stderr, start-up); in-process ``main([...])`` is faster."""

@@ -20,6 +20,8 @@ from unet_tf.metrics import foreground_iou
 from unet_tf.tiling import predict_tiled
 from unet_tf.model_folder import load_model_folder
 
+from conftest import BLOCK_TENSORFLOW
+
 EXPORT_KIT = Path(__file__).resolve().parent.parent / "export"
 sys.path.insert(0, str(EXPORT_KIT))
 from edge_predict import EdgeModel  # noqa: E402
@@ -119,15 +121,6 @@ def test_edge_runtime_matches_predict_tiled(folder, keras_model, held_out):
     float_labels = reference.argmax(-1)
     assert foreground_iou(float_labels, int8) >= 0.97
     assert foreground_iou(truth, int8) >= foreground_iou(truth, float_labels) - 0.01
-
-
-BLOCK_TENSORFLOW = """
-import runpy, sys
-for name in ("tensorflow", "keras", "unet_tf", "scipy"):
-    sys.modules[name] = None          # any import of them now raises ImportError
-sys.argv = sys.argv[1:]
-sys.exit(runpy.run_path(sys.argv[0], run_name="__main__"))
-"""
 
 
 def test_edge_runtime_runs_without_tensorflow(folder, keras_model, held_out, tmp_path):

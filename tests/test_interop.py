@@ -40,6 +40,24 @@ def test_onnx_agrees_with_keras_at_any_valid_size(folder, sample):
         export_model(folder, "onnx")
 
 
+def test_a_3d_net_exports_to_onnx_with_zyx_input_of_any_valid_shape(trained_volume_folder,
+                                                                     tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(trained_volume_folder, folder)
+    path = export_model(folder, "onnx")
+    model, config = load_model_folder(folder)
+    from unet_tf.images import normalize
+    from unet_tf.samples import load_sample_volume
+    volume = normalize(load_sample_volume()[0])
+    for shape in ((44, 64, 64), (48, 52, 76)):             # dynamic Z, Y and X (valid sizes)
+        tiles = volume[:shape[0], :shape[1], :shape[2]][None, ..., None]
+        tiles = np.pad(tiles, [(0, 0), (0, shape[0] - tiles.shape[1]), (0, 0), (0, 0), (0, 0)],
+                       mode="reflect")
+        expected = tf.nn.softmax(model(tiles)).numpy()
+        assert expected.shape[1:4] == tuple(s - 40 for s in shape)
+        np.testing.assert_allclose(run_onnx(path, tiles), expected, atol=1e-4)
+
+
 def test_bioimageio_package_validates_and_passes_its_own_test(folder):
     pytest.importorskip("bioimageio.core", reason="needs the extra: pip install "
                                                   "'unet-tf[bioimageio]'")

@@ -163,7 +163,7 @@ def test_stitching_joins_cut_objects_and_keeps_touching_ones_apart():
         inside = renumbered[slice(*core[0]), slice(*core[1])]
         records[(i, j)] = {"present": np.unique(inside), "top": renumbered.max(),
                            "core": inside, **stitching.edge_lines(renumbered, core)}
-    tables = stitching.stitch(records, (2, 2))
+    tables = stitching.stitch(records)
     stitched = np.block([[tables[(i, j)][records[(i, j)]["core"]] for j in range(2)]
                          for i in range(2)])
     assert stitched.max() == 5

@@ -34,21 +34,24 @@ from .omezarr import (build_pyramid, create_group, create_level, open_image,
 from .stitching import edge_lines, stitch
 
 CHUNK = 1024                    # output pixels per chunk side (rounded to the pooling period)
+RECORDS = 2   # the chunk records' layout (2: stitching's per-axis names): a partial run of
+              # another layout is not resumed
 
 
-def _round_up(value, multiple):
+def round_up(value, multiple):
     return -(-value // multiple) * multiple
 
 
 def value_range(image, normalization, client=None):
-    """``(lo, hi)`` of a model folder's normalisation for a whole :class:`LazyImage`, read in
-    bands (on ``client``'s workers, if given, for an image on disk): exact percentiles from a
-    histogram for 8/16-bit images; float images larger than 16 Mpx use every k-th row."""
+    """``(lo, hi)`` of a model folder's normalisation for a whole :class:`LazyImage` (or
+    :class:`LazyVolume`), read in bands of rows (planes) on ``client``'s workers, if given,
+    for an image on disk: exact percentiles from a histogram for 8/16-bit images; float images
+    larger than 16 Mpx use every k-th row (plane)."""
     if normalization is None or normalization.get("method") != "percentile":
         return overlap_tile.normalization_range(None, normalization)
     qs = (normalization["low"], normalization["high"])
-    height, width, channels = image.shape
-    band = max(1, 2 ** 24 // (width * channels))
+    height, per_row = image.shape[0], int(np.prod(image.shape[1:]))
+    band = max(1, 2 ** 24 // per_row)
     bands = [(top, min(top + band, height)) for top in range(0, height, band)]
     client = client if isinstance(image.source, Path) else None   # in memory: no reading
     if image.dtype in (np.uint8, np.uint16):
@@ -57,7 +60,7 @@ def value_range(image, normalization, client=None):
                            for top, bottom in bands], client))
         lo, hi = overlap_tile.histogram_percentiles(counts, qs)
     else:
-        step = max(1, height * width * channels // 2 ** 24)
+        step = max(1, height * per_row // 2 ** 24)
         rows = np.concatenate(run_calls([(_band_rows, (image, top, bottom, step))
                                     for top, bottom in bands], client))
         lo, hi = np.percentile(rows, qs)
@@ -65,11 +68,11 @@ def value_range(image, normalization, client=None):
 
 
 def _band_histogram(image, top, bottom, bins):
-    return np.bincount(image.read(top, bottom, 0, image.shape[1]).reshape(-1), minlength=bins)
+    return np.bincount(image.read_band(top, bottom).reshape(-1), minlength=bins)
 
 
 def _band_rows(image, top, bottom, step):
-    return image.read(top, bottom, 0, image.shape[1])[::step]
+    return image.read_band(top, bottom)[::step].reshape(-1)
 
 
 def chunk_windows(shape, chunk):
@@ -191,6 +194,14 @@ def _segment_chunk(spec, image, lohi, window, halo, partial, with_probabilities,
     os.replace(tmp, record)
 
 
+def join_chunks(records, postprocessing):
+    """Each chunk's table from its labels to the global ids (:func:`unet_tf.stitching.stitch`);
+    class ids (a multi-class net) need no joining."""
+    if postprocessing.get("target") == "classes":
+        return {key: np.arange(int(r["top"]) + 1, dtype=np.uint32) for key, r in records.items()}
+    return stitch(records)
+
+
 def _relabel_chunk(partial, window, table):
     import zarr
     store = zarr.open_group(str(partial), mode="r+")
@@ -204,10 +215,10 @@ def default_halo(config, period):
     percentile of the plan's diameters; 32 px if unknown), on the pooling grid."""
     diameters = config.fingerprint.get("diameter_p5_p50_p95")
     largest = diameters[2] if diameters else 32.0
-    return _round_up(int(np.ceil(2 * largest)), period)
+    return round_up(int(np.ceil(2 * largest)), period)
 
 
-def _identity(image):
+def source_identity(image):
     """What a resumed run must find again: the file's path, or an array's SHA-1."""
     if isinstance(image.source, Path):
         return str(image.source.resolve())
@@ -215,18 +226,27 @@ def _identity(image):
     return "sha1:" + hashlib.sha1(np.ascontiguousarray(image.source).data).hexdigest()
 
 
+def resumable(partial, run):
+    """Whether ``partial`` holds an unfinished run of the same ``run`` settings (resume it);
+    ``False`` if there is none; ``FileExistsError`` if it holds another one."""
+    record = partial / "run.json"
+    if not partial.exists():
+        return False
+    if not record.is_file() or json.loads(record.read_text()) != run:
+        raise FileExistsError(
+            f"{partial} holds an unfinished run with other settings: remove it, or run "
+            "again with the same model, image, chunk and options to resume it")
+    if not (partial / "provisional").is_dir():
+        raise FileExistsError(f"{partial} was stopped while it was being finished: "
+                              "remove it and run again")
+    return True
+
+
 def _prepare(partial, run, image, chunk, model, with_probabilities):
     """Create the partial store, or check that the one there is this run's (to resume)."""
-    record = partial / "run.json"
-    if partial.exists():
-        if not record.is_file() or json.loads(record.read_text()) != run:
-            raise FileExistsError(
-                f"{partial} holds an unfinished run with other settings: remove it, or run "
-                "again with the same model, image, chunk and options to resume it")
-        if not (partial / "provisional").is_dir():
-            raise FileExistsError(f"{partial} was stopped while it was being finished: "
-                                  "remove it and run again")
+    if resumable(partial, run):
         return
+    record = partial / "run.json"
     root = create_group(partial)
     height, width, channels = image.shape
     create_level(root, "0", (channels, height, width), image.dtype, chunk)
@@ -296,13 +316,14 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
         raise ValueError(f"image has {image.shape[2]} channels, the model expects "
                          f"{model.channels}")
     halo = default_halo(model.config, model.period) if halo is None else \
-        _round_up(halo, model.period)
+        round_up(halo, model.period)
     chunk = _aligned_chunk(chunk, model.period)
     if model.fixed_tile:
         chunk = _fitted_chunk(chunk, halo, model)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
-    run = {"model": spec[0], "image": _identity(image), "shape": list(image.shape),
+    run = {"records": RECORDS, "model": spec[0], "image": source_identity(image),
+           "shape": list(image.shape),
            "chunk": chunk, "halo": halo,
            "runtime": runtime, "variant": model.variant, "variant_reason": model.variant_reason,
            "probabilities": bool(probabilities), "postprocessing": overrides}
@@ -318,12 +339,7 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
          client, progress, already=len(windows) - len(todo))
     records = {(i, j): dict(np.load(partial / "chunks" / f"{i}_{j}.npz"))
                for i, j, _ in windows}
-    grid = (max(i for i, _, _ in windows) + 1, max(j for _, j, _ in windows) + 1)
-    if model.postprocessing.get("target") == "classes":   # class ids: nothing to join
-        tables = {key: np.arange(int(r["top"]) + 1, dtype=np.uint32)
-                  for key, r in records.items()}
-    else:
-        tables = stitch(records, grid)
+    tables = join_chunks(records, model.postprocessing)
     run_calls([(_relabel_chunk, (str(partial), w, tables[(i, j)])) for i, j, w in windows], client)
     provenance = {"model": spec[0], "runtime": model.description, "variant": model.variant,
                   "variant_reason": model.variant_reason}

@@ -4,6 +4,7 @@
 OME-Zarr (NGFF 0.4 on zarr v2, 0.5 on zarr v3; the full-resolution level), a plain zarr
 array, or a TIFF through tifffile's zarr store. It pickles as its path, so Dask workers reopen
 it themselves. Axes other than ``y``, ``x`` and ``c`` (``t``, ``z``) must have size 1.
+:class:`LazyVolume` does the same for a 3-D volume (``ZYX`` or ``ZYXC``) box by box.
 
 The writer makes OME-Zarr images (NGFF 0.4, zarr v2: what napari, Fiji/MoBIE and QuPath read
 today) with a resolution pyramid (each level half the size of the last, nearest-neighbour)
@@ -39,6 +40,8 @@ class LazyImage:
     """A 2-D image read region by region. ``shape`` is ``(H, W, C)``; :meth:`read` returns a
     ``(h, w, C)`` numpy array. ``source`` is a path (OME-Zarr, zarr array, TIFF) or an array."""
 
+    AXES = "yxc"   # an array's or plain zarr array's axes, by its number of dimensions
+
     def __init__(self, source):
         self.source = source if isinstance(source, np.ndarray) else Path(source)
         array, axes = self._open()
@@ -47,7 +50,7 @@ class LazyImage:
     def _open(self):
         """``(array, axes)``: something sliceable and its axis names (lower case)."""
         if isinstance(self.source, np.ndarray):
-            return self.source, "yxc"[:self.source.ndim]
+            return self.source, self.AXES[:self.source.ndim]
         path = self.source
         if not path.exists():
             raise FileNotFoundError(f"image not found: {path}")
@@ -71,7 +74,7 @@ class LazyImage:
             first = multiscales[0]
             axes = "".join(a["name"] if isinstance(a, dict) else a for a in first["axes"])
             return node[first["datasets"][0]["path"]], axes.lower()
-        return node, "yxc"[:node.ndim]
+        return node, self.AXES[:node.ndim]
 
     def _select(self, array, axes):
         if len(axes) != array.ndim or not {"y", "x"} <= set(axes):
@@ -96,6 +99,10 @@ class LazyImage:
         region = np.transpose(region, [kept.index(a) for a in "yxc" if a in kept])
         return region if "c" in kept else region[..., None]
 
+    def read_band(self, start, stop):
+        """Rows ``[start:stop]`` whole (what the normalisation's histogram reads)."""
+        return self.read(start, stop, 0, self.shape[1])
+
     def read_mirrored(self, top, left, height, width):
         """Pixels ``[top:top+height, left:left+width]`` with mirrored content beyond the image
         border (as :func:`unet_tf.overlap_tile.crop_reflect`), reading one bounding box."""
@@ -106,7 +113,8 @@ class LazyImage:
         return box[(rows - rows.min())[:, None], (cols - cols.min())[None, :]]
 
     def pixel_size(self):
-        """The ``y``/``x`` scale of an OME-Zarr's first level, or ``None``."""
+        """The ``y``/``x`` scale of an OME-Zarr's first level (a volume's: ``z``/``y``/``x``),
+        or ``None``."""
         if isinstance(self.source, np.ndarray) or not is_zarr(self.source):
             return None
         import zarr
@@ -117,7 +125,8 @@ class LazyImage:
         first = attrs.get("ome", attrs)["multiscales"][0]
         for transform in first["datasets"][0].get("coordinateTransformations", []):
             if transform.get("type") == "scale":
-                return {a: s for a, s in zip(self.axes, transform["scale"]) if a in "yx"}
+                return {a: s for a, s in zip(self.axes, transform["scale"])
+                        if a in self.AXES[:-1]}
         return None
 
     def __getstate__(self):  # workers reopen the file; arrays travel as they are
@@ -129,6 +138,67 @@ class LazyImage:
     def __repr__(self):
         return f"LazyImage({str(self.source) if isinstance(self.source, Path) else 'array'}, " \
                f"shape={self.shape}, dtype={self.dtype})"
+
+
+class LazyVolume(LazyImage):
+    """A 3-D volume read box by box: ``shape`` is ``(Z, Y, X, C)``; :meth:`read` returns a
+    ``(z, y, x, C)`` numpy array. ``source`` as for :class:`LazyImage`; a TIFF stack's
+    unnamed stack axis (tifffile's ``Q``/``I``) counts as ``z``, a time axis does not."""
+
+    AXES = "zyxc"
+
+    def _select(self, array, axes):
+        if "z" not in axes and sum(a in "qi" for a in axes) == 1:
+            axes = "".join("z" if a in "qi" else a for a in axes)
+        if len(axes) != array.ndim or not set("zyx") <= set(axes):
+            raise ValueError(f"{self.source}: expected a volume with z, y and x axes, got "
+                             f"{array.ndim}-D with axes {axes!r}")
+        extra = {a: n for a, n in zip(axes, array.shape) if a not in "zyxc" and n != 1}
+        if extra:
+            raise ValueError(f"{self.source}: expected one volume (ZYX or ZYXC), got axes "
+                             f"{axes!r} with shape {tuple(array.shape)}: select a single "
+                             f"{'/'.join(extra)} first")
+        self.axes, self.dtype = axes, np.dtype(array.dtype)
+        sizes = dict(zip(axes, array.shape))
+        self.shape = (sizes["z"], sizes["y"], sizes["x"], sizes.get("c", 1))
+        self._array = array
+
+    def read(self, starts, stops):
+        """Voxels ``[z0:z1, y0:y1, x0:x1]`` of ``starts = (z0, y0, x0)``, ``stops = (z1, y1,
+        x1)`` as ``(z, y, x, C)``."""
+        spans = {a: slice(int(s), int(e)) for a, s, e in zip("zyx", starts, stops)}
+        spans["c"] = slice(None)
+        index = tuple(spans.get(a, 0) for a in self.axes)
+        kept = [a for a in self.axes if a in spans]
+        region = np.transpose(np.asarray(self._array[index]),
+                              [kept.index(a) for a in "zyxc" if a in kept])
+        return region if "c" in kept else region[..., None]
+
+    def read_band(self, start, stop):
+        """Planes ``[start:stop]`` whole."""
+        return self.read((start, 0, 0), (stop, *self.shape[1:3]))
+
+    def read_mirrored(self, starts, sizes):
+        """The box at ``starts`` of ``sizes`` (``ZYX``) with mirrored content beyond the
+        volume's faces (as :func:`unet_tf.overlap_tile.crop_reflect_nd`), reading one box."""
+        from .overlap_tile import reflect_index
+        index = [reflect_index(np.arange(s, s + n), m)
+                 for s, n, m in zip(starts, sizes, self.shape[:3])]
+        box = self.read([i.min() for i in index], [i.max() + 1 for i in index])
+        return box[np.ix_(*[i - i.min() for i in index])]
+
+    def voxel_size(self):
+        """``(z, y, x)`` from an OME-Zarr's scale or a TIFF's OME/ImageJ metadata, or ``None``."""
+        if isinstance(self.source, Path) and self.source.suffix.lower() in (".tif", ".tiff"):
+            from .volume_files import stack_info
+            return stack_info(self.source)[1]
+        scale = self.pixel_size()
+        return tuple(float(scale[a]) for a in "zyx") if scale and len(scale) == 3 else None
+
+
+def open_volume(source):
+    """A :class:`LazyVolume` of a path or array (an existing one passes)."""
+    return source if isinstance(source, LazyVolume) else LazyVolume(source)
 
 
 def open_image(source):
@@ -151,8 +221,11 @@ def create_group(path):
 
 
 def create_level(group, name, shape, dtype, chunk):
-    """An empty array ``name`` in ``group`` with square ``chunk`` x ``chunk`` chunks in y/x."""
-    chunks = (*([1] * (len(shape) - 2)), chunk, chunk)
+    """An empty array ``name`` in ``group`` with square ``chunk`` x ``chunk`` chunks in y/x
+    (``chunk`` a ``(z, y, x)`` tuple: those chunks on the last three axes)."""
+    spatial = tuple(chunk) if isinstance(chunk, (tuple, list)) else (chunk, chunk)
+    chunks = (*([1] * (len(shape) - len(spatial))), *spatial)
+    chunks = tuple(min(c, n) for c, n in zip(chunks, shape))
     return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0,
                               overwrite=True)
 
@@ -175,16 +248,44 @@ def build_pyramid(group, chunk, client=None):
     return level + 1
 
 
+def volume_pyramid(group, chunk, voxel_size, client=None):
+    """Add levels ``1, 2, ...`` to the array ``0`` (``...ZYX``) of ``group`` that keep the
+    anisotropy: y and x halve at every level, z only while its spacing is finer than the new
+    in-plane one (a coarse z is not downsampled); nearest neighbour, so label ids stay valid;
+    until y and x fit in ``PYRAMID_SMALLEST``. Chunk by chunk, on ``client``'s workers if given.
+    Returns each level's voxel size ``[{"z":, "y":, "x":}, ...]`` (for :func:`write_multiscales`)."""
+    _require("dask")
+    import dask.array as da
+    spacing = dict(zip("zyx", voxel_size or (1.0, 1.0, 1.0)))
+    scales, level = [dict(spacing)], 0
+    while max(group[str(level)].shape[-2:]) > PYRAMID_SMALLEST:
+        plane = 2 * max(spacing["y"], spacing["x"])
+        step_z = 2 if spacing["z"] < plane and group[str(level)].shape[-3] > 1 else 1
+        source = da.from_zarr(group[str(level)])
+        halved = source[..., ::step_z, ::2, ::2]
+        target = create_level(group, str(level + 1), halved.shape, halved.dtype, chunk)
+        da.store(halved.rechunk(target.chunks), target, lock=False,
+                 scheduler=client or "threads")
+        spacing = {"z": spacing["z"] * step_z, "y": spacing["y"] * 2, "x": spacing["x"] * 2}
+        scales.append(dict(spacing))
+        level += 1
+    return scales
+
+
 def write_multiscales(group, levels, axes, name, pixel_size=None):
-    """NGFF ``multiscales`` metadata for ``levels`` arrays ``0..levels-1`` of ``group``."""
+    """NGFF ``multiscales`` metadata for ``levels`` arrays ``0..levels-1`` of ``group``, each
+    twice the last's pixel size (``pixel_size``: level 0's); ``levels`` may instead be a list of
+    each level's sizes (:func:`volume_pyramid`)."""
     from ome_zarr.writer import write_multiscales_metadata
     base = pixel_size or {}
+    sizes = levels if isinstance(levels, list) else [
+        {a: float(base.get(a, 1.0)) * 2 ** level for a in axes} for level in range(levels)]
     datasets = []
-    for level in range(levels):
-        scale = [1.0 if a == "c" else float(base.get(a, 1.0)) * 2 ** level for a in axes]
+    for level, size in enumerate(sizes):
+        scale = [1.0 if a == "c" else float(size[a]) for a in axes]
         datasets.append({"path": str(level),
                          "coordinateTransformations": [{"type": "scale", "scale": scale}]})
-    types = {"c": "channel", "y": "space", "x": "space"}
+    types = {"c": "channel", "z": "space", "y": "space", "x": "space"}
     write_multiscales_metadata(group, datasets, fmt=_v04(), name=name,
                                axes=[{"name": a, "type": types[a]} for a in axes])
 

@@ -1,24 +1,30 @@
-"""Joining objects cut by chunk borders: each chunk is labelled on its own (with context around
-it), and an object cut by a border is joined across it where both chunks agree on the pixels of
-the border lines (each object is most of the other). Plain numpy."""
+"""Joining objects cut by chunk borders, in 2-D and 3-D: each chunk is labelled on its own (with
+context around it), and an object cut by a border is joined across it where both chunks agree
+on the pixels (voxels) of the border lines (planes): each object is most of the other there.
+Plain numpy."""
 
 import numpy as np
 
 
 def edge_lines(labels, core):
-    """The lines at each side of a chunk's core: its own edge line (``in``) and the line just
-    outside it as labelled with this chunk's context (``out``, where the halo reaches)."""
-    (t, b), (l, r) = core
-    edges = {"top_in": labels[t, l:r], "bottom_in": labels[b - 1, l:r],
-             "left_in": labels[t:b, l], "right_in": labels[t:b, r - 1]}
-    if t > 0:
-        edges["top_out"] = labels[t - 1, l:r]
-    if b < labels.shape[0]:
-        edges["bottom_out"] = labels[b, l:r]
-    if l > 0:
-        edges["left_out"] = labels[t:b, l - 1]
-    if r < labels.shape[1]:
-        edges["right_out"] = labels[t:b, r]
+    """The lines (planes, in 3-D) at each side of a chunk's ``core`` (``(start, stop)`` per
+    axis of ``labels``): per axis ``a``, the core's own first and last line (``{a}lo_in``,
+    ``{a}hi_in``) and the lines just outside it as labelled with this chunk's context
+    (``{a}lo_out``, ``{a}hi_out``, where the context reaches)."""
+    inside = [slice(start, stop) for start, stop in core]
+
+    def line(axis, position):
+        index = list(inside)
+        index[axis] = position
+        return labels[tuple(index)]
+
+    edges = {}
+    for axis, (start, stop) in enumerate(core):
+        edges[f"{axis}lo_in"], edges[f"{axis}hi_in"] = line(axis, start), line(axis, stop - 1)
+        if start > 0:
+            edges[f"{axis}lo_out"] = line(axis, start - 1)
+        if stop < labels.shape[axis]:
+            edges[f"{axis}hi_out"] = line(axis, stop)
     return edges
 
 
@@ -34,10 +40,11 @@ def _agreeing_pairs(mine, theirs):
             if 2 * n > size_a[a] and 2 * n > size_b[b]]
 
 
-def stitch(records, grid_shape):
+def stitch(records):
     """Look-up tables ``{chunk index: array}`` from each chunk's labels to global ids
-    ``1..N``, joining objects cut by chunk borders. ``records`` maps ``(i, j)`` to a chunk's
-    edge record (see :func:`_segment_chunk`)."""
+    ``1..N``, joining objects cut by chunk borders. ``records`` maps a chunk's grid index
+    (``(i, j)``, or ``(i, j, k)`` in 3-D) to its record: ``top`` (its largest label),
+    ``present`` (its labels in the core) and its :func:`edge_lines`."""
     offsets, total = {}, 0
     for key in sorted(records):
         offsets[key] = total
@@ -50,19 +57,17 @@ def stitch(records, grid_shape):
             node = parent[node]
         return node
 
-    rows, cols = grid_shape
-    for (i, j), record in records.items():
-        for below, mine_out, their_in, mine_in, their_out in (
-                ((i + 1, j), "bottom_out", "top_in", "bottom_in", "top_out"),
-                ((i, j + 1), "right_out", "left_in", "right_in", "left_out")):
-            if below not in records:
+    for key, record in records.items():
+        for axis in range(len(key)):
+            after = tuple(k + (a == axis) for a, k in enumerate(key))
+            if after not in records:
                 continue
-            other = records[below]
+            other = records[after]
             # the neighbour's first line, seen by both; then this chunk's last line, seen by both
-            for mine, theirs in ((record[mine_out], other[their_in]),
-                                 (record[mine_in], other[their_out])):
+            for mine, theirs in ((record[f"{axis}hi_out"], other[f"{axis}lo_in"]),
+                                 (record[f"{axis}hi_in"], other[f"{axis}lo_out"])):
                 for a, b in _agreeing_pairs(mine, theirs):
-                    parent[find(offsets[(i, j)] + a)] = find(offsets[below] + b)
+                    parent[find(offsets[key] + a)] = find(offsets[after] + b)
     final, tables = {}, {}
     for key in sorted(records):
         table = np.zeros(int(records[key]["top"]) + 1, np.uint32)

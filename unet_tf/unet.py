@@ -251,14 +251,34 @@ class UNet:
         return overlap_tile.predict_window(region, self.predict_tiles, tile, out, self.period,
                                            value_range, (margin, margin, height, width), 1)
 
+    def predict_volume_window(self, volume, value_range, window):
+        """Probabilities ``(z, y, x, K)`` of ``window = (starts, sizes)`` (``ZYX`` each) of a
+        :class:`~unet_tf.omezarr.LazyVolume` normalised with ``value_range``, one tile a pass;
+        ``starts`` on the pooling grid, so the result is that box of the whole volume's
+        prediction (what chunked 3-D prediction puts together)."""
+        plan = self.config.architecture.plan
+        starts, sizes = (tuple(int(v) for v in part) for part in window)
+        tile = tuple(self.tile_size(sizes, 1))
+        out = volume_output_shape(tile, plan)
+        margins = [(t - o) // 2 for t, o in zip(tile, out)]
+        _, corners = overlap_tile.window_grid_nd(sizes, out, self.period)
+        extent = [max(c[axis] for c in corners) + tile[axis] for axis in range(3)]
+        region = volume.read_mirrored([s - m for s, m in zip(starts, margins)], extent)
+        return overlap_tile.predict_volume(region, self.predict_tiles, tile, out, self.period,
+                                           value_range, 1, window=(margins, sizes))
+
     def predict_tiles(self, tiles):
-        """Probabilities ``(N, O, O, K)`` (numpy) of normalised tiles ``(N, T, T, C)``."""
+        """Probabilities ``(N, O, O, K)`` (numpy) of normalised tiles ``(N, T, T, C)`` (a 3-D
+        net: ``(N, *output_shape, K)`` of ``(N, *tile_shape, C)``)."""
         if self._forward is None:   # loaded on first use: a process that only plans never does
             self._forward = self._keras_forward() if self.runtime == "keras" else \
                 self._litert_forward()
         return self._forward(tiles)
 
     def _keras_forward(self):
+        if self.is_volume:
+            from .volume_tiling import volume_forward
+            return volume_forward(self.model)
         from .tiling import forward
         probabilities = forward(self.model, "probabilities")
         return lambda tiles: probabilities(tiles).numpy()

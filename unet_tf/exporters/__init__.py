@@ -23,18 +23,9 @@ export leaves the previous one untouched.
 import importlib
 
 from ..model_folder import read_config
+from .common import NOT_FOR_VOLUMES
 
 FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "edgetpu", "onnx", "bioimageio")
-# Why a 3-D net cannot take a format (checked before any work).
-NOT_FOR_VOLUMES = {
-    "tflite-int8": "TFLite has no int8 3-D convolution (the converter keeps CONV_3D float between "
-                   "QUANTIZE/DEQUANTIZE), so no full-integer 3-D net exists; use --format tflite "
-                   "or tflite-fp16",
-    "edgetpu": "the Edge TPU has no 3-D convolution (and TFLite no int8 one); run the tflite or "
-               "tflite-fp16 export on the device's CPU instead",
-    "bioimageio": "its bioimage.io package (ZYX axes, test tensors from a volume) is not "
-                  "written yet; the savedmodel and onnx exports take ZYX volumes",
-}
 
 
 def export_model(model_dir, format="savedmodel", tile_size=None, calibration_images=None,

@@ -15,8 +15,19 @@ from ..model_folder import EXPORT_DIR, read_config
 ONNX_OPSET = 17          # what deepImageJ's ONNX runtime reads
 CALIBRATION_TILES = 64   # representative tiles for int8 calibration
 CHECK_TILES = 4          # tiles on which an export is compared with the Keras model
+# Why a 3-D net cannot take a format (checked before any work).
+NOT_FOR_VOLUMES = {
+    "tflite-int8": "TFLite has no int8 3-D convolution (the converter keeps CONV_3D float between "
+                   "QUANTIZE/DEQUANTIZE), so no full-integer 3-D net exists; use --format tflite "
+                   "or tflite-fp16",
+    "edgetpu": "the Edge TPU has no 3-D convolution (and TFLite no int8 one); run the tflite or "
+               "tflite-fp16 export on the device's CPU instead",
+    "bioimageio": "its bioimage.io package (ZYX axes, test tensors from a volume) is not "
+                  "written yet; the savedmodel and onnx exports take ZYX volumes",
+}
 
-__all__ = ["EXPORT_DIR", "ONNX_OPSET", "CALIBRATION_TILES", "CHECK_TILES", "export_dir",
+__all__ = ["EXPORT_DIR", "ONNX_OPSET", "CALIBRATION_TILES", "CHECK_TILES", "NOT_FOR_VOLUMES",
+           "export_dir",
            "check_target", "export_target", "replace_path", "temporary_folder"]
 
 

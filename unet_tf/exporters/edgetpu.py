@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tflite
+from .common import NOT_FOR_VOLUMES
 from ..model_folder import read_config
 
 OPS_FILE = Path(__file__).with_name("edgetpu_ops.json")
@@ -198,7 +199,6 @@ def export_edgetpu(model_dir, tile_size=None, calibration_images=None, overwrite
     A 3-D net is refused (``ValueError``): the chip has no 3-D convolution.
     """
     if read_config(model_dir).is_volume:
-        from . import NOT_FOR_VOLUMES
         raise ValueError(f"{model_dir} is a 3-D net, which cannot run on the Edge TPU: "
                          f"{NOT_FOR_VOLUMES['edgetpu']}")
     target = tflite.tflite_path(model_dir, "int8")

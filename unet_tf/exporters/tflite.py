@@ -37,7 +37,8 @@ from ..memory import DEVICE_MEMORY, inference_tile_size, volume_tile_shape
 from ..tiling import tile_stride
 from ..volume_sizes import axis_periods, check_volume_shape, volume_output_shape
 from .equalize import equalize_channels
-from .common import CALIBRATION_TILES, CHECK_TILES, export_dir, export_target
+from .common import (CALIBRATION_TILES, CHECK_TILES, NOT_FOR_VOLUMES, export_dir,
+                     export_target)
 
 KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
 # A TFLite model has one fixed tile. Devices have little memory, so the default is the tile
@@ -253,7 +254,6 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
     config, target = export_target(model_dir, tflite_path(model_dir, kind).name, overwrite)
     a = config.architecture
     if kind == "int8" and a.is_volume:
-        from . import NOT_FOR_VOLUMES
         raise ValueError(f"{model_dir} is a 3-D net: {NOT_FOR_VOLUMES['tflite-int8']}")
     tile_choice = "given"
     if tile_size is None:
