@@ -17,8 +17,14 @@ the largest. Modes:
   ``core1``: one worker limited to one core, the unit a cluster of one-core workers adds;
   ``litert``: chunked, one process, the folder's int8 TFLite export (``--runtime litert``).
 
-Throughput is output megapixels per second of the call (worker start-up included, process
-start-up not). Prints ``RESULT`` lines: 2 workers over 1 worker and over 1 core, LiteRT int8
+``--volumes 64x1024x1024 256x2048x2048`` runs the same for ``ZYX`` volumes with a 3-D net
+(the bundled confocal volume mirrored and repeated, uint16 OME-Zarr with its voxel size;
+``segment_volume_to_zarr``, 3-D labels joined across chunk faces; modes ``chunked``,
+``core1``, ``workers1``, ``workers2``; default model: depth 3, 4 filters, trained here for
+~20 s). The 1-Gvoxel case is ``256x2048x2048``.
+
+Throughput is output megapixels (megavoxels) per second of the call (worker start-up included,
+process start-up not). Prints ``RESULT`` lines: 2 workers over 1 worker and over 1 core, LiteRT int8
 over Keras (chunked), and the foreground IoU of the LiteRT labels against Keras'. ``--model``:
 a model folder (default: one trained here for ~2 min on the sample, depth 4, 16 filters).
 """
@@ -65,11 +71,42 @@ def train_model(folder):
     UNet.train(config, verbose=0)
 
 
+def make_volume(path, shape):
+    import dask.array as da
+    from unet_tf.omezarr import save_volume
+    from unet_tf.samples import VOLUME_VOXEL_SIZE, load_sample_volume
+    volume = load_sample_volume()[0]
+    for axis in range(3):   # mirrored copies: no seams
+        volume = np.concatenate([volume, np.flip(volume, axis)], axis=axis)
+    reps = [-(-n // m) for n, m in zip(shape, volume.shape)]
+    big = da.tile(da.from_array(volume, chunks=(64, 256, 256)), reps)
+    save_volume(path, big[:shape[0], :shape[1], :shape[2]], voxel_size=VOLUME_VOXEL_SIZE)
+
+
+def train_volume_model(folder):
+    from unet_tf import UNet
+    from unet_tf.config import TrainConfig
+    from unet_tf.samples import VOLUME_VOXEL_SIZE, load_sample_volume
+    volume, labels = load_sample_volume()
+    config = TrainConfig(out=str(folder), voxel_size=list(VOLUME_VOXEL_SIZE),
+                         tile_size=[44, 64, 64], depth=3, filters=4, dropout=0.0, epochs=4,
+                         steps_per_epoch=15, optimizer="adam", learning_rate=3e-3, val_split=0.0,
+                         seed=0)
+    UNet.train(config, [volume], [labels], verbose=0)
+
+
 def run_mode(mode, model, image, out):
     """Inside the child process: one mode, timed; prints a JSON line."""
     from unet_tf import chunked, cluster
+    from unet_tf.volume_chunked import segment_volume_to_zarr
     start = time.perf_counter()
-    if mode == "memory":
+    if mode.startswith("volume-"):
+        workers = {"core1": 1, "workers1": 1, "workers2": 2}.get(mode[7:])
+        with cluster.dask_client(workers, threads=1 if mode == "volume-core1" else None) as (
+                client, threads):
+            objects = segment_volume_to_zarr(model, image, out, client=client,
+                                             threads=threads)["objects"]
+    elif mode == "memory":
         from unet_tf import UNet
         from unet_tf.io import write_image
         from unet_tf.omezarr import open_image
@@ -123,6 +160,8 @@ def main():
     parser.add_argument("--model")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--volumes", nargs="+", metavar="ZxYxX", help="3-D runs instead, "
+                        "e.g. 64x1024x1024 256x2048x2048 (modes chunked core1 workers1 workers2)")
     parser.add_argument("--work", help="folder for images and outputs (default: a temp dir)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
@@ -132,6 +171,8 @@ def main():
         return run_mode(args.run, args.model, args.image, args.out)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.volumes:
+        return bench_volumes(args, work)
     model = Path(args.model) if args.model else work / "model"
     if not (model / "config.json").exists():
         print("training a model on the sample (~2 min) ...", flush=True)
@@ -172,6 +213,36 @@ def main():
             iou = foreground_iou(results["chunked"][1], results["litert"][1])
             print(f"RESULT litert {size}^2: ratio={keras / lite:.2f}x (baseline Keras {keras:.1f} "
                   f"s, ours LiteRT int8 {lite:.1f} s), foreground IoU vs Keras {iou:.4f}")
+
+
+def bench_volumes(args, work):
+    """The 3-D runs: per volume shape, each mode's time, rate and peak memory per process."""
+    import shutil
+    model = Path(args.model) if args.model else work / "volume-model"
+    if not (model / "config.json").exists():
+        print("training a 3-D model on the volume sample (~20 s) ...", flush=True)
+        train_volume_model(model)
+    modes = [m for m in args.modes if m in ("chunked", "core1", "workers1", "workers2")]
+    print(f"{'volume':>14} {'mode':<9} {'seconds':>8} {'Mvox/s':>7} {'peak MB':>8} {'objects':>8}")
+    for text in args.volumes:
+        shape = tuple(int(n) for n in text.lower().split("x"))
+        image = work / f"volume_{text}.ome.zarr"
+        if not image.exists():
+            make_volume(image, shape)
+        results = {}
+        for mode in modes:
+            out = work / f"out_{text}_{mode}.ome.zarr"
+            shutil.rmtree(out, ignore_errors=True)
+            result, peak = measure(f"volume-{mode}", model, image, out)
+            results[mode] = result
+            rate = np.prod(shape) / 1e6 / result["seconds"]
+            print(f"{text:>14} {mode:<9} {result['seconds']:8.1f} {rate:7.2f} "
+                  f"{peak / 2**20:8.0f} {result['objects']:>8}", flush=True)
+        for baseline, name in (("workers1", "1 worker"), ("core1", "1 worker on 1 core")):
+            if baseline in results and "workers2" in results:
+                one, two = results[baseline]["seconds"], results["workers2"]["seconds"]
+                print(f"RESULT volume {baseline} {text}: ratio={one / two:.2f}x (baseline "
+                      f"{name} {one:.1f} s, ours 2 workers {two:.1f} s)")
 
 
 if __name__ == "__main__":

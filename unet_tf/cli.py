@@ -494,11 +494,11 @@ def _cmd_predict(args):
     check_writable(Path(args.out).parent if large else args.out)
     from .model_folder import read_config
     volume_net = read_config(args.model).is_volume
-    if volume_net and (large or args.workers or args.scheduler):
-        raise ValueError("a 3-D net predicts TIFF stacks in this process for now: OME-Zarr, "
-                         "--workers and --scheduler take 2-D nets")
+    if volume_net and (args.workers or args.scheduler) and not large:
+        raise ValueError("a 3-D net spread over --workers/--scheduler writes OME-Zarr: give "
+                         "one volume and --out NAME.ome.zarr")
     if large:
-        return _predict_large(inputs[0], args)
+        return _predict_large(inputs[0], args, volume_net)
     planned = _planned_outputs(inputs, args)
     if spread and not volume_net:
         return _predict_spread(planned, args)
@@ -558,18 +558,27 @@ def _counter(quiet, unit):
     return progress
 
 
-def _predict_large(source, args):
+def _predict_large(source, args, volume_net):
     from .chunked import segment_to_zarr
     from .cluster import dask_client
+    from .volume_chunked import VOLUME_CHUNK, segment_volume_to_zarr
     if not str(args.out).endswith(".zarr"):
         raise ValueError(f"an OME-Zarr input is written as OME-Zarr: give --out NAME.ome.zarr, "
                          f"got {args.out}")
+    chunk = args.chunk
+    if volume_net:
+        chunk = VOLUME_CHUNK if chunk is None else (
+            _triple(chunk, int, "--chunk") if "," in chunk else _number(chunk, int, "--chunk"))
+        segment = segment_volume_to_zarr
+    else:
+        chunk = CHUNK if chunk is None else _number(chunk, int, "--chunk (a 2-D net's side)")
+        segment = segment_to_zarr
     with dask_client(args.workers, args.scheduler) as (client, threads):
-        summary = segment_to_zarr(args.model, source, args.out, chunk=args.chunk,
-                                  probabilities=args.probabilities, runtime=args.runtime,
-                                  client=client, threads=threads, overwrite=args.overwrite,
-                                  progress=_counter(args.quiet, "chunk"),
-                                  postprocessing=_postprocessing(args), variant=args.variant)
+        summary = segment(args.model, source, args.out, chunk=chunk,
+                          probabilities=args.probabilities, runtime=args.runtime,
+                          client=client, threads=threads, overwrite=args.overwrite,
+                          progress=_counter(args.quiet, "chunk"),
+                          postprocessing=_postprocessing(args), variant=args.variant)
     resumed = f", {summary['resumed']} resumed from an earlier run" if summary["resumed"] else ""
     print(f"{source} -> {summary['out']} ({summary['objects']} objects in "
           f"{summary['chunks']} chunks{resumed}; {summary['runtime']})")
@@ -606,6 +615,7 @@ def _add_predict(subparsers):
         unet-tf predict my-model cells.tif --out predictions
         unet-tf predict my-model data/new/ --out predictions --probabilities
         unet-tf predict my-model slide.ome.zarr --out slide-labels.ome.zarr --workers 2
+        unet-tf predict volume-model stack.ome.zarr --out stack-labels.ome.zarr --workers 2
         unet-tf predict my-model data/new/ --out predictions --runtime litert
         unet-tf predict my-model screen/ --out predictions --scheduler tcp://10.0.0.5:8786
         """, _cmd_predict)
@@ -629,8 +639,8 @@ def _add_predict(subparsers):
                    "worker processes (sharing this machine's cores)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask cluster's scheduler, "
                    "e.g. tcp://host:8786 (its workers need unet-tf and the model folder's path)")
-    p.add_argument("--chunk", type=int, default=CHUNK, help="OME-Zarr output: pixels per chunk "
-                   "side (%(default)s)")
+    p.add_argument("--chunk", metavar="N|Z,Y,X", help=f"OME-Zarr output: pixels per chunk "
+                   f"side ({CHUNK}); a 3-D net: voxels per chunk, Z,Y,X (128,256,256)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

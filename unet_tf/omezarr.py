@@ -136,7 +136,8 @@ class LazyImage:
         self.__init__(state["source"])
 
     def __repr__(self):
-        return f"LazyImage({str(self.source) if isinstance(self.source, Path) else 'array'}, " \
+        return f"{type(self).__name__}(" \
+               f"{str(self.source) if isinstance(self.source, Path) else 'array'}, " \
                f"shape={self.shape}, dtype={self.dtype})"
 
 
@@ -315,5 +316,27 @@ def save_image(path, image, chunk=1024, pixel_size=None):
     target = create_level(root, "0", cyx.shape, cyx.dtype, chunk)
     da.store(cyx.rechunk(target.chunks), target, lock=False, scheduler="threads")
     write_multiscales(root, build_pyramid(root, chunk), "cyx", path.name, pixel_size)
+    os.replace(partial, path)
+    return path
+
+
+def save_volume(path, volume, chunk=(64, 256, 256), voxel_size=None):
+    """Write a ``ZYX``/``ZYXC`` volume (numpy or dask array) as an OME-Zarr image (``czyx``,
+    the voxel size as its scale, a pyramid that keeps the anisotropy), atomically."""
+    import os
+    _require("dask")
+    import dask.array as da
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists")
+    volume = volume[..., None] if volume.ndim == 3 else volume
+    if volume.ndim != 4:
+        raise ValueError(f"expected a ZYX or ZYXC volume, got shape {volume.shape}")
+    partial = path.with_name(f".{path.name}.partial")
+    root = create_group(partial)
+    czyx = da.moveaxis(da.asarray(volume), -1, 0)
+    target = create_level(root, "0", czyx.shape, czyx.dtype, chunk)
+    da.store(czyx.rechunk(target.chunks), target, lock=False, scheduler="threads")
+    write_multiscales(root, volume_pyramid(root, chunk, voxel_size), "czyx", path.name)
     os.replace(partial, path)
     return path

@@ -27,9 +27,10 @@ from .omezarr import (create_group, create_level, open_volume, volume_pyramid,
                       write_labels_metadata, write_multiscales)
 from .stitching import edge_lines
 
-# Output voxels per chunk (rounded down to the pooling periods): a chunk, its halo and the
-# net's context take a few hundred MiB per process at 2 classes.
-VOLUME_CHUNK = (64, 256, 256)
+# Output voxels per chunk (rounded down to the pooling periods). The halo and the net's context
+# come on top (a 24-voxel halo makes a 128x256x256 chunk a 176x304x304 box): deep chunks waste
+# less on them; this one's labelling takes ~1 GiB per process at 2 classes.
+VOLUME_CHUNK = (128, 256, 256)
 
 
 def volume_chunk_windows(shape, chunk):
@@ -52,11 +53,12 @@ def aligned_volume_chunk(chunk, periods):
 
 
 def default_volume_halo(config, periods):
-    """Context around each chunk for labelling, per axis: twice the training objects' median
-    diameter (16 finest-axis voxels if unknown) in that axis's voxels, on the pooling grid."""
+    """Context around each chunk for labelling, per axis: 1.5 times the training objects'
+    median diameter (16 finest-axis voxels if unknown) in that axis's voxels, on the pooling
+    grid: an object cut by a face is seen whole from both sides, so both label it alike."""
     voxel = config.voxel_size or (1.0, 1.0, 1.0)
     diameter = config.fingerprint.get("diameter_median") or 16 * min(voxel)
-    return tuple(round_up(int(np.ceil(2 * diameter / v)), p) for v, p in zip(voxel, periods))
+    return tuple(round_up(int(np.ceil(1.5 * diameter / v)), p) for v, p in zip(voxel, periods))
 
 
 def _unet(spec):
