@@ -186,8 +186,16 @@ def _segment_chunk(spec, image, lohi, window, halo, partial, with_probabilities,
     store["0"][(slice(None), *box)] = np.moveaxis(pixels, -1, 0)
     if with_probabilities:
         store["probabilities/0"][(slice(None), *box)] = np.moveaxis(probabilities[inside], -1, 0)
-    record = Path(partial) / "chunks" / f"{index}.npz"
+    write_chunk_record(partial, index, labels, core)
+
+
+def write_chunk_record(partial, name, labels, core):
+    """``chunks/NAME.npz`` of the partial store: the labels in the chunk's ``core`` (``(start,
+    stop)`` per axis of ``labels``), the largest label and the core's edge lines (planes); written
+    last and renamed into place, it marks the chunk done."""
+    record = Path(partial) / "chunks" / f"{name}.npz"
     tmp = record.with_name(f".{record.name}")
+    inside = tuple(slice(*c) for c in core)
     with open(tmp, "wb") as handle:
         np.savez(handle, present=np.unique(labels[inside]), top=labels.max(initial=0),
                  **edge_lines(labels, core))
@@ -202,12 +210,20 @@ def join_chunks(records, postprocessing):
     return stitch(records)
 
 
-def _relabel_chunk(partial, window, table):
+def relabel_chunk(partial, box, table):
+    """The chunk at ``box`` (slices) of the final labels: its provisional ids through ``table``."""
     import zarr
     store = zarr.open_group(str(partial), mode="r+")
-    top, left, height, width = window
-    box = (slice(top, top + height), slice(left, left + width))
     store["labels/instances/0"][box] = table[store["provisional"][box]]
+
+
+def publish(partial, out, tables):
+    """Move the finished partial store to ``out`` (replacing what is there); returns the number
+    of objects the ``tables`` give."""
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    return max((int(t.max(initial=0)) for t in tables.values()), default=0)
 
 
 def default_halo(config, period):
@@ -340,15 +356,13 @@ def segment_to_zarr(folder, image, out, chunk=CHUNK, probabilities=False, runtim
     records = {(i, j): dict(np.load(partial / "chunks" / f"{i}_{j}.npz"))
                for i, j, _ in windows}
     tables = join_chunks(records, model.postprocessing)
-    run_calls([(_relabel_chunk, (str(partial), w, tables[(i, j)])) for i, j, w in windows], client)
+    run_calls([(relabel_chunk, (str(partial), (slice(top, top + h), slice(left, left + w)),
+                                tables[(i, j)])) for i, j, (top, left, h, w) in windows], client)
     provenance = {"model": spec[0], "runtime": model.description, "variant": model.variant,
                   "variant_reason": model.variant_reason}
     _finish(partial, image, chunk, list(model.config.class_names), probabilities, client,
             provenance)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
-    objects = max((int(t.max(initial=0)) for t in tables.values()), default=0)
+    objects = publish(partial, out, tables)
     return {"out": str(out), "objects": objects, "chunks": len(windows),
             "resumed": len(windows) - len(todo), "runtime": model.description}
 

@@ -120,6 +120,14 @@ def _triple(text, kind, what):
     return tuple(_number(part, kind, what) for part in parts)
 
 
+def _size_or_zyx(text, what):
+    """One integer size (a 2-D net's) or ``Z,Y,X`` (a 3-D net's); ``None`` stays ``None``. The
+    caller checks which the net needs."""
+    if text is None:
+        return None
+    return _triple(text, int, what) if "," in text else _number(text, int, what)
+
+
 def _add_sizes(subparsers):
     p = _add(subparsers, "sizes", "show which tile sizes the network accepts and what they give", """
         unet-tf sizes 572 570
@@ -567,8 +575,7 @@ def _predict_large(source, args, volume_net):
                          f"got {args.out}")
     chunk = args.chunk
     if volume_net:
-        chunk = VOLUME_CHUNK if chunk is None else (
-            _triple(chunk, int, "--chunk") if "," in chunk else _number(chunk, int, "--chunk"))
+        chunk = VOLUME_CHUNK if chunk is None else _size_or_zyx(chunk, "--chunk")
         segment = segment_volume_to_zarr
     else:
         chunk = CHUNK if chunk is None else _number(chunk, int, "--chunk (a 2-D net's side)")
@@ -701,18 +708,11 @@ def _add_evaluate(subparsers):
 
 # --------------------------------------------------------------------------- export
 
-def _export_tile(text):
-    """``--tile-size``: one size (2-D net) or ``Z,Y,X`` (3-D net); the exporter checks which."""
-    if text is None:
-        return None
-    return _triple(text, int, "--tile-size") if "," in text else _number(text, int, "--tile-size")
-
-
 def _cmd_export(args):
     import json
     from .exporters import export_model
     from .exporters.edgetpu import export_edgetpu
-    args.tile_size = _export_tile(args.tile_size)
+    args.tile_size = _size_or_zyx(args.tile_size, "--tile-size")
     quiet = stderr_captured() if not args.debug else contextlib.nullcontext()
     if args.format == "edgetpu":
         with quiet:

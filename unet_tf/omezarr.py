@@ -301,42 +301,39 @@ def write_labels_metadata(root, name):
 def save_image(path, image, chunk=1024, pixel_size=None):
     """Write a ``YX``/``YXC`` image (numpy or dask array) as an OME-Zarr image (``cyx``, with
     its pyramid), atomically: to a hidden sibling first, renamed when complete."""
-    import os
-    _require("dask")
-    import dask.array as da
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} exists")
     image = image[..., None] if image.ndim == 2 else image
     if image.ndim != 3:
         raise ValueError(f"expected a YX or YXC image, got shape {image.shape}")
-    partial = path.with_name(f".{path.name}.partial")
-    root = create_group(partial)
-    cyx = da.moveaxis(da.asarray(image), -1, 0)
-    target = create_level(root, "0", cyx.shape, cyx.dtype, chunk)
-    da.store(cyx.rechunk(target.chunks), target, lock=False, scheduler="threads")
-    write_multiscales(root, build_pyramid(root, chunk), "cyx", path.name, pixel_size)
-    os.replace(partial, path)
-    return path
+    return _save(path, image, "cyx", chunk,
+                 lambda root: (build_pyramid(root, chunk), pixel_size))
 
 
 def save_volume(path, volume, chunk=(64, 256, 256), voxel_size=None):
     """Write a ``ZYX``/``ZYXC`` volume (numpy or dask array) as an OME-Zarr image (``czyx``,
     the voxel size as its scale, a pyramid that keeps the anisotropy), atomically."""
+    volume = volume[..., None] if volume.ndim == 3 else volume
+    if volume.ndim != 4:
+        raise ValueError(f"expected a ZYX or ZYXC volume, got shape {volume.shape}")
+    return _save(path, volume, "czyx", chunk,
+                 lambda root: (volume_pyramid(root, chunk, voxel_size), None))
+
+
+def _save(path, array, axes, chunk, pyramid):
+    """Write channels-last ``array`` as level 0 (``axes``, channels first) of a new OME-Zarr,
+    ``pyramid(root)`` -> ``(levels, pixel_size)`` for the rest, in a hidden sibling renamed
+    into place when complete."""
     import os
     _require("dask")
     import dask.array as da
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} exists")
-    volume = volume[..., None] if volume.ndim == 3 else volume
-    if volume.ndim != 4:
-        raise ValueError(f"expected a ZYX or ZYXC volume, got shape {volume.shape}")
     partial = path.with_name(f".{path.name}.partial")
     root = create_group(partial)
-    czyx = da.moveaxis(da.asarray(volume), -1, 0)
-    target = create_level(root, "0", czyx.shape, czyx.dtype, chunk)
-    da.store(czyx.rechunk(target.chunks), target, lock=False, scheduler="threads")
-    write_multiscales(root, volume_pyramid(root, chunk, voxel_size), "czyx", path.name)
+    channels_first = da.moveaxis(da.asarray(array), -1, 0)
+    target = create_level(root, "0", channels_first.shape, channels_first.dtype, chunk)
+    da.store(channels_first.rechunk(target.chunks), target, lock=False, scheduler="threads")
+    levels, pixel_size = pyramid(root)
+    write_multiscales(root, levels, axes, path.name, pixel_size)
     os.replace(partial, path)
     return path

@@ -15,17 +15,16 @@ Memory per process: one chunk with its halo and the network's context, whatever 
 """
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .chunked import RECORDS, join_chunks, resumable, round_up, source_identity, value_range
+from .chunked import (RECORDS, join_chunks, publish, relabel_chunk, resumable, round_up,
+                      source_identity, value_range, write_chunk_record)
 from .cluster import run_calls
 from .omezarr import (create_group, create_level, open_volume, volume_pyramid,
                       write_labels_metadata, write_multiscales)
-from .stitching import edge_lines
 
 # Output voxels per chunk (rounded down to the pooling periods). The halo and the net's context
 # come on top (a 24-voxel halo makes a 128x256x256 chunk a 176x304x304 box): deep chunks waste
@@ -82,7 +81,7 @@ def _segment_chunk(spec, volume, lohi, box, halo, partial, with_probabilities, o
                           voxel_size).astype(np.uint32)
     core = [(s - lo, s - lo + k) for s, lo, k in zip(starts, lower, sizes)]
     inside = tuple(slice(*c) for c in core)
-    target = tuple(slice(s, s + k) for s, k in zip(starts, sizes))
+    target = _slices(box)
     store = zarr.open_group(str(partial), mode="r+")
     store["provisional"][target] = labels[inside]
     voxels = volume.read(starts, [s + k for s, k in zip(starts, sizes)])
@@ -90,19 +89,12 @@ def _segment_chunk(spec, volume, lohi, box, halo, partial, with_probabilities, o
     if with_probabilities:
         store["probabilities/0"][(slice(None), *target)] = np.moveaxis(probabilities[inside],
                                                                          -1, 0)
-    record = Path(partial) / "chunks" / f"{name}.npz"
-    tmp = record.with_name(f".{record.name}")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, present=np.unique(labels[inside]), top=labels.max(initial=0),
-                 **edge_lines(labels, core))
-    os.replace(tmp, record)
+    write_chunk_record(partial, name, labels, core)
 
 
-def _relabel_chunk(partial, box, table):
-    import zarr
-    store = zarr.open_group(str(partial), mode="r+")
-    target = tuple(slice(s, s + k) for s, k in zip(*box))
-    store["labels/instances/0"][target] = table[store["provisional"][target]]
+def _slices(box):
+    """``(starts, sizes)`` as slices."""
+    return tuple(slice(s, s + k) for s, k in zip(*box))
 
 
 def _prepare(partial, run, volume, chunk, num_classes, with_probabilities):
@@ -209,15 +201,12 @@ def segment_volume_to_zarr(folder, volume, out, chunk=VOLUME_CHUNK, probabilitie
     records = {index: dict(np.load(partial / "chunks" / f"{names[index]}.npz"))
                for index, _, _ in windows}
     tables = join_chunks(records, model.postprocessing)
-    run_calls([(_relabel_chunk, (str(partial), box, tables[index])) for index, *box in windows],
-              client)
+    run_calls([(relabel_chunk, (str(partial), _slices(box), tables[index]))
+               for index, *box in windows], client)
     provenance = {"model": spec[0], "runtime": model.description, "variant": model.variant,
                   "variant_reason": model.variant_reason, "voxel_size": list(voxel_size)}
     _finish(partial, chunk, voxel_size, list(model.config.class_names), probabilities, client,
             provenance)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
-    objects = max((int(t.max(initial=0)) for t in tables.values()), default=0)
+    objects = publish(partial, out, tables)
     return {"out": str(out), "objects": objects, "chunks": len(windows),
             "resumed": len(windows) - len(todo), "runtime": model.description}
