@@ -41,8 +41,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imagefiles import IMAGE_SUFFIXES, read_image  # noqa: E402
 from instances import label_image  # noqa: E402
-from overlap_tile import (as_yxc_with, as_zyxc_with, invoke_tiles, normalization_range,  # noqa: E402
-                          predict_image, predict_volume, softmax)
+from overlap_tile import (allocated_interpreter, as_yxc_with, as_zyxc_with,  # noqa: E402
+                          invoke_tiles, normalization_range, predict_image, predict_volume,
+                          softmax)
 from variants import VARIANTS, choose_variant, cpu_flags, exported_variants  # noqa: E402
 
 PROG = "edge_predict"
@@ -60,16 +61,16 @@ class EdgeModel:
     """
 
     def __init__(self, model_path, metadata_path=None, delegate=None, threads=2):
-        from ai_edge_litert.interpreter import Interpreter, load_delegate
+        from ai_edge_litert.interpreter import load_delegate
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"model file not found: {model_path}")
         self.meta = _read_metadata(model_path, metadata_path)
         delegates = [load_delegate(delegate)] if delegate else None
         try:
-            self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads,
-                                           experimental_delegates=delegates)
-            self.interpreter.allocate_tensors()
+            self.interpreter = allocated_interpreter(model_path=str(model_path),
+                                                     num_threads=threads,
+                                                     experimental_delegates=delegates)
         except (ValueError, RuntimeError) as err:
             raise ValueError(f"cannot load {model_path} as a TFLite model: {err}") from None
 

@@ -181,6 +181,24 @@ def dequantize(y, tensor):
     return (np.asarray(y, np.float32) - zero) * np.float32(scale)
 
 
+def allocated_interpreter(**options):
+    """A LiteRT ``Interpreter(**options)`` with its tensors allocated: with the default XNNPACK
+    delegate, or, where XNNPACK refuses to prepare the model (seen intermittently for some
+    trained int8 edge nets: "failed to create XNNPACK runtime"), LiteRT's own kernels, which
+    give the same results, slower."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    interpreter = Interpreter(**options)
+    try:
+        interpreter.allocate_tensors()
+    except RuntimeError as err:
+        if "XNNPACK" not in str(err) or options.get("experimental_delegates"):
+            raise
+        interpreter = Interpreter(**options, experimental_op_resolver_type=(
+            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        interpreter.allocate_tensors()
+    return interpreter
+
+
 def invoke_tiles(interpreter, tiles):
     """Logits ``(N, O, O, K)`` float32 of an allocated TFLite ``interpreter`` for normalised
     float tiles ``(N, T, T, C)``, one invoke per tile, (de)quantising int8/uint8 tensors."""

@@ -310,10 +310,8 @@ class UNet:
         return path
 
     def _litert_forward(self):
-        from ai_edge_litert.interpreter import Interpreter
-        interpreter = Interpreter(model_path=str(self._litert_path),
-                                  num_threads=self.threads or os.cpu_count())
-        interpreter.allocate_tensors()
+        interpreter = overlap_tile.allocated_interpreter(
+            model_path=str(self._litert_path), num_threads=self.threads or os.cpu_count())
         return lambda tiles: overlap_tile.softmax(overlap_tile.invoke_tiles(interpreter, tiles))
 
     @property

@@ -176,9 +176,8 @@ def run_tflite(model_bytes, tiles, threads=2):
     """Logits (float32) of a TFLite U-Net for normalised float tiles ``(N, T, T, C)`` (or
     ``(N, Z, Y, X, C)``),
     (de)quantising int8/uint8 input and output as the model's parameters say."""
-    from ai_edge_litert.interpreter import Interpreter
-    interpreter = Interpreter(model_content=model_bytes, num_threads=threads)
-    interpreter.allocate_tensors()
+    interpreter = overlap_tile.allocated_interpreter(model_content=model_bytes,
+                                                     num_threads=threads)
     return overlap_tile.invoke_tiles(interpreter, tiles)
 
 
