@@ -114,13 +114,15 @@ def test_edge_runtime_matches_predict_tiled(folder, keras_model, held_out):
     reference = predict_tiled(keras_model, image, tile_size=188, output="logits")
     edge = EdgeModel(folder / "export" / "model_float32.tflite")
     np.testing.assert_allclose(edge.predict(image, "logits"), reference, atol=1e-4)
-    # int8 (channels equalised first): measured on this weak fixture IoU 0.977 vs float (0.972
-    # without equalisation) and a 0.006 drop against the truth; the demo's net 0.990, a Fluo-HeLa
-    # net 0.989 on held-out frames. The bounds leave room for other CPUs' rounding.
+    # int8 (channels equalised first) on this weak fixture, over 4 trainings of it (seeds 0-3)
+    # and CI: IoU 0.975-0.982 vs float, 0.004-0.010 lost against the truth (the demo's net: 0.990,
+    # a Fluo-HeLa net 0.989 on held-out frames). XNNPACK and LiteRT's own int8 kernels (the
+    # fallback where XNNPACK refuses a model) agree with each other at IoU 0.989-0.991 only: the
+    # bounds leave room for that and for other CPUs' rounding, not for a broken int8 net.
     int8 = EdgeModel(folder / "export" / "model_int8.tflite").predict(image)
     float_labels = reference.argmax(-1)
-    assert foreground_iou(float_labels, int8) >= 0.97
-    assert foreground_iou(truth, int8) >= foreground_iou(truth, float_labels) - 0.01
+    assert foreground_iou(float_labels, int8) >= 0.96
+    assert foreground_iou(truth, int8) >= foreground_iou(truth, float_labels) - 0.02
 
 
 def test_edge_runtime_runs_without_tensorflow(folder, keras_model, held_out, tmp_path):
