@@ -81,7 +81,8 @@ def test_a_stack_that_says_neither_z_nor_t_is_asked_about(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "axes (QYX) do not say whether its pages are a volume or frames" in err
     assert "--axes ZYX" in err and "--axes TYX" in err
-    assert main([*args, "--axes", "TYX", "--time-budget", "1m"]) == 0
+    assert main([*args, "--axes", "TYX", "--time-budget", "10m"]) == 0   # plans only: any
+    # budget over the minimum (1m was under it once on a busy 2-core machine: 0.16 s a step)
     assert "their pages train a 2-D net as frames (--axes TYX" in capsys.readouterr().out
 
 
