@@ -113,3 +113,47 @@ def test_the_correction_region_is_what_was_edited_and_its_objects():
     assert not correction_region(original, original).any()
     with pytest.raises(ValueError, match="the segmentation was"):
         correction_region(original, edited[:30])
+
+
+# --------------------------------------------------------------------------- volumes
+
+def test_a_3d_fine_tune_keeps_the_source_net_and_its_weights(trained_volume_folder, tmp_path):
+    from unet_tf.model_folder import read_config, weights_digest
+    from unet_tf.planner import FINE_TUNE_BUDGET, FINE_TUNE_RATE
+    from unet_tf.samples import VOLUME_VOXEL_SIZE, load_sample_volume
+    from unet_tf.volume_planner import make_volume_plan
+    volume, labels = load_sample_volume()
+    part = (slice(None), slice(0, 64), slice(128, 224))
+    cpu = {"gpus": [], "cores": 2}
+    plan = make_volume_plan([volume[part]], [labels[part]], VOLUME_VOXEL_SIZE, None,
+                            {"start_from": str(trained_volume_folder)}, machine=cpu,
+                            step_timer=lambda config, channels: 0.5)
+    source = read_config(trained_volume_folder)
+    s = plan.settings
+    assert (s["depth"], s["filters"]) == (source.architecture.depth, source.architecture.filters)
+    assert s["learning_rate"] == FINE_TUNE_RATE and s["normalization"] == source.normalization
+    # the default fine-tune budget, raised to the shortest useful run (250 slow 3-D steps)
+    assert plan.time_budget > FINE_TUNE_BUDGET["cpu"]
+    assert s["epochs"] * s["steps_per_epoch"] >= 250
+    assert plan.start_from["weights_sha256"] == weights_digest(trained_volume_folder)
+    assert "the source's" in plan.table()
+    # trained with a vanishing rate, the tuned net predicts as its source
+    config = plan.config(out=str(tmp_path / "tuned"), epochs=1, steps_per_epoch=2,
+                         optimizer="sgd", learning_rate=1e-12, momentum=0.0)
+    with pytest.warns(UserWarning, match="training steps"):
+        UNet.train(config, [volume[part]], [labels[part]], verbose=0)
+    crop = volume[:, 64:, 128:]
+    np.testing.assert_allclose(UNet.from_folder(tmp_path / "tuned").predict(crop),
+                               UNet.from_folder(trained_volume_folder).predict(crop), atol=1e-4)
+
+
+def test_a_3d_fine_tune_refuses_volumes_that_plan_another_net(trained_volume_folder, tmp_path):
+    from unet_tf.samples import load_sample_volume
+    from unet_tf.volume_planner import make_volume_plan
+    volume, labels = load_sample_volume()
+    with pytest.raises(ValueError, match="planned for voxel size 0.29x0.26x0.26 .* resample"):
+        make_volume_plan([volume], [labels], (1.0, 0.26, 0.26), None,
+                         {"start_from": str(trained_volume_folder)},
+                         machine={"gpus": [], "cores": 2}, step_timer=lambda c, n: 0.5)
+    with pytest.raises(ValueError, match="it is a 3-D net, these are 2-D images"):
+        make_plan([volume[0]], [labels[0]], None, {"start_from": str(trained_volume_folder)})

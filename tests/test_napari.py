@@ -87,11 +87,11 @@ def test_segment_gives_labels_of_the_image_shape(viewer, qtbot, trained_folder):
             coloured_share(viewer, show=None) + 0.005
 
 
-def coloured_share(viewer, show):
-    """The share of the window's pixels in colour with the image and layer ``show`` visible (a
+def coloured_share(viewer, show, image="nuclei"):
+    """The share of the window's pixels in colour with ``image`` and layer ``show`` visible (a
     grab of the window: napari's canvas-only screenshot is black while the window is hidden)."""
     for layer in viewer.layers:
-        layer.visible = layer.name in ("nuclei", show)
+        layer.visible = layer.name in (image, show)
     viewer.reset_view()
     shot = viewer.screenshot(canvas_only=False).astype(int)[..., :3]
     return (np.ptp(shot, axis=-1) > 30).mean()   # the grey image and the dark theme: R = G = B
@@ -302,3 +302,135 @@ def test_bad_input_shows_a_message_and_changes_no_layer(viewer, qtbot, tmp_path,
     train.start_from.value = str(tmp_path)
     train.train()
     assert "cannot fine-tune" in errors_shown()[-1] and not (tmp_path / "never").exists()
+
+
+# --------------------------------------------------------------------------- volumes
+
+@pytest.fixture
+def volume_viewer(viewer):
+    from unet_tf.napari_plugin.widgets import nuclei_volume_sample
+    for data, meta, kind in nuclei_volume_sample():
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    return viewer
+
+
+@pytest.mark.slow
+def test_a_3d_net_segments_retrains_and_scores_a_volume(volume_viewer, qtbot,
+                                                         trained_volume_folder, tmp_path,
+                                                         monkeypatch):
+    """Segment with a 3-D net gives 3-D labels; Evaluate matches objects across slices; one
+    Retrain round fine-tunes the 3-D net on a corrected half at the layer's voxel size."""
+    from unet_tf import planner
+    from unet_tf.metrics import evaluate
+    # The retrain plan raises a short budget to the shortest useful run (250 steps, ~1.3 s
+    # each for this crop on 2 cores): 20 here, to keep CI short; the path is the same.
+    monkeypatch.setattr(planner, "MIN_STEPS", 20)
+    from unet_tf.samples import VOLUME_VOXEL_SIZE
+    viewer = volume_viewer
+    source = tmp_path / "net3d"
+    shutil.copytree(trained_volume_folder, source)   # its rounds are written beside it
+    # a 40x96x128 crop: its planned retraining tile (and step) is small enough for CI
+    viewer.add_image(viewer.layers["nuclei 3-D"].data[:, :96, 128:], name="crop",
+                     scale=VOLUME_VOXEL_SIZE)
+    truth = viewer.layers["nuclei 3-D labels"].data[:, :96, 128:]
+    viewer.add_labels(truth, name="crop labels", scale=VOLUME_VOXEL_SIZE)
+    segment = docked(viewer, SegmentWidget)
+    segment.image.value = viewer.layers["crop"]
+    segment.model.value = str(source)
+    assert "3-D net" in segment.info.value
+    errors = len(errors_shown())
+    segment.segment()
+    qtbot.waitUntil(lambda: segment.segmented is not None or len(errors_shown()) > errors,
+                    timeout=WAIT)
+    assert len(errors_shown()) == errors, errors_shown()[-1]
+    layer = viewer.layers["crop [unet-tf]"]
+    assert layer.data.shape == truth.shape and layer.metadata["unet-tf"] == "volume"
+    assert tuple(layer.scale) == pytest.approx(VOLUME_VOXEL_SIZE)
+    assert layer.data.max() >= 5                      # a weak net, but it finds nuclei
+    qtbot.waitUntil(lambda: segment.run.enabled, timeout=WAIT)
+
+    score = docked(viewer, EvaluateWidget)
+    score.truth.value = viewer.layers["crop labels"]
+    score.prediction.value = layer
+    assert score.volumes.value                        # a 3-D net's labels: objects in 3-D
+    score.evaluate()
+    assert score.metrics["true"] == len(np.unique(truth)) - 1         # not per slice
+    assert score.metrics["f1"] == pytest.approx(evaluate(truth, layer.data)["f1"])
+    assert viewer.layers["merged / split"].data.shape == truth.shape
+    if hasattr(viewer, "window"):   # the real viewer draws the volume's labels in 3-D
+        for name in ("nuclei", "nuclei labels", "nuclei 3-D", "nuclei 3-D labels"):
+            viewer.layers.remove(name)   # reset_view fits hidden layers too: the crop alone
+        viewer.dims.ndisplay = 3
+        assert coloured_share(viewer, show="crop [unet-tf]", image="crop") > \
+            coloured_share(viewer, show=None, image="crop") + 0.005
+        viewer.dims.ndisplay = 2
+
+    corrected = layer.data.copy()                     # the person fixes the left half
+    corrected[:, :, :64] = np.where(truth[:, :, :64] > 0, truth[:, :, :64] + corrected.max(), 0)
+    layer.data = corrected
+    segment.retrain_budget.value = "30s"
+    segment.retrain()
+    qtbot.waitUntil(lambda: not segment.retrain_job.running, timeout=WAIT)
+    assert len(segment.round_folders) == 2, (errors_shown("WARNING") + errors_shown())[-2:]
+    round1 = segment.round_folders[1]
+    stored = json.loads((round1 / "config.json").read_text())
+    assert stored["training"]["start_from"] == str(source.resolve())
+    assert stored["voxel_size"] == pytest.approx(list(VOLUME_VOXEL_SIZE))
+    assert stored["training"]["ignore_label"] == int(corrected.max()) + 1
+    segment.segment()
+    qtbot.waitUntil(lambda: not segment.job.running and segment.segmented["folder"] == round1,
+                    timeout=WAIT)
+    assert viewer.layers["crop [unet-tf]"].data.shape == truth.shape
+
+
+@pytest.mark.slow
+def test_train_takes_a_volume_at_the_layers_voxel_size(volume_viewer, qtbot, tmp_path):
+    viewer = volume_viewer
+    crop = (slice(None), slice(0, 64), slice(0, 96))          # small: a short plan and tuning
+    viewer.add_image(viewer.layers["nuclei 3-D"].data[crop], name="crop", scale=(1, 0.5, 0.5))
+    viewer.add_labels(viewer.layers["nuclei 3-D labels"].data[crop], name="crop labels",
+                      scale=(1, 0.5, 0.5))
+    train = docked(viewer, TrainWidget)
+    train.image.value = viewer.layers["crop"]
+    train.labels.value = viewer.layers["crop labels"]
+    train.out.value = str(tmp_path / "model")
+    train.steps.value = 3
+    train.volumes.value = True
+    with warnings.catch_warnings():   # 3 steps learn nothing, and say so
+        warnings.simplefilter("ignore", UserWarning)
+        train.train()
+        qtbot.waitUntil(lambda: train.trained is not None or not train.job.running,
+                        timeout=WAIT)
+    assert train.trained is not None, (errors_shown("WARNING") + errors_shown())[-2:]
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["voxel_size"] == [1.0, 0.5, 0.5]
+    assert "voxel_size" in train.plan.value and "anisotropy 2" in train.plan.value
+
+
+def test_volume_input_mistakes_are_explained(volume_viewer, trained_volume_folder,
+                                             trained_folder, tmp_path):
+    viewer = volume_viewer
+    segment = docked(viewer, SegmentWidget)
+    segment.image.value = viewer.layers["nuclei"]               # 2-D image, 3-D net
+    segment.model.value = str(trained_volume_folder)
+    segment.segment()
+    assert "expected a 3-D (ZYX) image" in errors_shown()[-1]
+    viewer.layers["nuclei 3-D"].scale = (2.0, 0.26, 0.26)       # coarser z than trained at
+    segment.image.value = viewer.layers["nuclei 3-D"]
+    warned = len(errors_shown("WARNING"))
+    segment.segment()
+    assert "voxel size 2x0.26x0.26" in errors_shown("WARNING")[warned]
+    segment.job.stop()
+    train = docked(viewer, TrainWidget)                          # 2-D net to fine-tune a volume
+    train.image.value = viewer.layers["nuclei 3-D"]
+    train.labels.value = viewer.layers["nuclei 3-D labels"]
+    train.volumes.value = True
+    train.start_from.value = str(trained_folder)
+    train.out.value = str(tmp_path / "never")
+    train.train()
+    assert "it is a 2-D net, these are volumes" in errors_shown()[-1]
+    train.labels.value = viewer.layers["nuclei labels"]          # 2-D labels for a volume
+    train.start_from.value = ""
+    train.train()
+    assert "expected a 3-D (ZYX) labels layer" in errors_shown()[-1]
+    assert not (tmp_path / "never").exists()

@@ -55,12 +55,13 @@ def as_instances(mask, name="mask", ndim=2):
     return mask.astype(np.int32)
 
 
-def correction_region(original, edited, margin=8):
+def correction_region(original, edited, margin=8, ndim=2):
     """Where a person corrected a label image: every object, before or after, with a changed
     pixel, and ``margin`` px around it (the background next to a fixed object was looked at
-    too). Boolean ``YX``; all False when nothing changed. Training on a correction marks the
-    rest unannotated (see :func:`split_ignored`): it was not checked."""
-    original, edited = check_mask(original, "original labels"), check_mask(edited, "labels")
+    too). Boolean ``YX`` (``ndim=3``: ``ZYX``); all False when nothing changed. Training on a
+    correction marks the rest unannotated (see :func:`split_ignored`): it was not checked."""
+    original = check_mask(original, "original labels", ndim)
+    edited = check_mask(edited, "labels", ndim)
     if original.shape != edited.shape:
         raise ValueError(f"the labels are {edited.shape}, the segmentation was {original.shape}")
     changed = original != edited

@@ -11,17 +11,22 @@ Rules (2 CPU cores; held-out real stacks):
 - The tile: the largest whose activations fit :data:`TILE_MEMORY` (training), covering the
   volume's extent where it can; batch 1.
 - Adam 1e-3 with cosine decay, as in 2-D; half the tiles centred on objects (volumes hold few).
+- A fine-tune (``start_from``) keeps the source's net (depth, width, per-axis plan: its weights
+  need them; volumes whose voxel size plans another net are refused), its normalisation and
+  head, at a tenth of the learning rate, within the 2-D fine-tune budget.
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 
 from .config import TrainConfig
 from .images import check_volume, normalization_for
 from .masks import as_instances, split_ignored
-from .planner import (DEFAULT_BUDGET, Plan, fill_budget, format_duration, hardware,
-                      parse_duration)
+from .model_folder import fine_tune_source, weights_digest
+from .planner import (DEFAULT_BUDGET, FINE_TUNE_BUDGET, FINE_TUNE_RATE, Plan, fill_budget,
+                      format_duration, hardware, minimum_budget, parse_duration)
 from .volume_sizes import plan_axes, volume_output_shape
 from .memory import volume_tile_shape
 
@@ -83,18 +88,24 @@ def time_volume_step(config, channels, steps=4):
 
 
 def make_volume_plan(volumes, masks, voxel_size, time_budget=None, overrides=None,
-                     machine=None, step_timer=time_volume_step):
+                     machine=None, step_timer=time_volume_step, at_least_minimum=False):
     """A :class:`~unet_tf.planner.Plan` for a 3-D U-Net on ``volumes`` (``ZYX[C]``) and their
     ``ZYX`` masks with ``voxel_size`` (z, y, x), within ``time_budget`` (default 10 minutes
-    without a GPU); ``overrides`` are settings the user gave (they win)."""
+    without a GPU; a fine-tune's 2, or its shortest useful run where longer); ``overrides`` are
+    settings the user gave (they win);
+    ``at_least_minimum``: a budget too short for the shortest useful run is raised to it."""
     overrides = dict(overrides or {})
-    if overrides.get("start_from"):
-        raise ValueError("fine-tuning a 3-D net (--from) is not supported yet: train it anew")
     fp = volume_fingerprint(volumes, masks, voxel_size, overrides.get("ignore_label"))
+    source = overrides.get("start_from")
+    source_config = fine_tune_source(source, fp["channels"], {**overrides, "voxel_size":
+                                                              voxel_size}) if source else None
     machine = machine or hardware()
     kind = "gpu" if machine["gpus"] else "cpu"
-    depth = overrides.get("depth", 4 if kind == "gpu" else 3)
-    filters = overrides.get("filters", 32 if kind == "gpu" else 16)
+    if source_config:
+        depth, filters = source_config.architecture.depth, source_config.architecture.filters
+    else:
+        depth = overrides.get("depth", 4 if kind == "gpu" else 3)
+        filters = overrides.get("filters", 32 if kind == "gpu" else 16)
     axes = plan_axes(voxel_size, depth, shape=fp["shape_min"])
     tile = list(volume_tile_shape(fp["shape_min"], axes, filters, fp["channels"], 2, 1,
                                   TILE_MEMORY[kind]))
@@ -122,6 +133,8 @@ def make_volume_plan(volumes, masks, voxel_size, time_budget=None, overrides=Non
         "foreground_tiles": "half the tiles centred on an object (volumes hold few)",
         "normalization": "each volume's 1-99.8 percentiles",
     }
+    if source_config:
+        _fine_tune(settings, reasons, source_config, source)
     for name, value in overrides.items():
         settings[name] = value
         reasons[name] = "given"
@@ -129,10 +142,22 @@ def make_volume_plan(volumes, masks, voxel_size, time_budget=None, overrides=Non
         settings["normalization"] = normalization_for(settings["normalization"], volumes)
     config = TrainConfig(**settings)
     config.validate()
+    if source_config and config.volume_plan != source_config.architecture.plan:
+        raise ValueError(
+            f"cannot fine-tune from {source}: its net was planned for voxel size "
+            f"{'x'.join(f'{v:g}' for v in source_config.voxel_size)} (pools "
+            f"{_pools(source_config.architecture.plan)}); these volumes' "
+            f"{'x'.join(f'{v:g}' for v in voxel_size)} plan pools {_pools(config.volume_plan)}: resample "
+            "them to the source's voxel size, or train anew")
     plan = Plan(settings, reasons, fp, machine)
+    if source_config:
+        plan.start_from = {"folder": str(Path(source).resolve()),
+                           "weights_sha256": weights_digest(source),
+                           "trained_on": source_config.data.get("train")}
     if "epochs" in overrides or "steps_per_epoch" in overrides:
         return plan
-    budget = parse_duration(time_budget) if time_budget is not None else DEFAULT_BUDGET[kind]
+    budget = parse_duration(time_budget) if time_budget is not None else \
+        (FINE_TUNE_BUDGET if source else DEFAULT_BUDGET)[kind]
     plan.time_budget = budget
     plan.step_seconds = step_timer(config, fp["channels"])
     tuned = fp["volumes"] if not settings["val_split"] else round(fp["volumes"] * 0.2)
@@ -142,6 +167,10 @@ def make_volume_plan(volumes, masks, voxel_size, time_budget=None, overrides=Non
     plan.tuning_seconds = tuned * voxels * TUNING_SECONDS_PER_MVOXEL + \
         tuned * math.ceil(voxels * 1e6 / np.prod(out)) * plan.step_seconds / 3
     loaded_step = plan.step_seconds * (1.0 if machine["gpus"] else VOLUME_PIPELINE_FACTOR)
+    # 3-D steps are slow: the default fine-tune budget may hold fewer than the shortest run's
+    if at_least_minimum or (source and time_budget is None):
+        budget = plan.time_budget = max(budget, minimum_budget(loaded_step, validation_tiles,
+                                                               plan.tuning_seconds))
     epochs, steps, plan.estimated_seconds = fill_budget(budget, loaded_step, validation_tiles,
                                                         plan.tuning_seconds)
     settings["epochs"], settings["steps_per_epoch"] = epochs, steps
@@ -151,3 +180,24 @@ def make_volume_plan(volumes, masks, voxel_size, time_budget=None, overrides=Non
                          f"~{format_duration(plan.estimated_seconds)}")
     reasons["steps_per_epoch"] = "an epoch ends with validation and a checkpoint"
     return plan
+
+
+def _pools(plan):
+    return " ".join("".join(map(str, p)) for p in plan["pools"])
+
+
+def _fine_tune(settings, reasons, source, folder):
+    """Take over what a 3-D fine-tune keeps from ``source`` (its ``ModelConfig``): the net
+    (depth and width set already), its classes and head, its normalisation; a lower rate."""
+    a = source.architecture
+    for name in ("depth", "filters"):
+        reasons[name] = f"the source's ({folder}): its weights need it"
+    settings["target"] = source.training.target
+    settings["num_classes"], settings["class_names"] = a.num_classes, list(source.class_names)
+    reasons["target"] = "the source's: its classifier head carries over"
+    settings["normalization"] = dict(source.normalization)
+    reasons["normalization"] = "the source's: its weights expect volumes scaled so"
+    settings["learning_rate"] = FINE_TUNE_RATE
+    reasons["learning_rate"] = "Adam at a tenth of the from-scratch rate: adapt, keep what " \
+                               "the source learned"
+    reasons["start_from"] = "given: fine-tune its weights"

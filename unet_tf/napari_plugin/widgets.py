@@ -1,4 +1,9 @@
-"""The napari widgets: Segment, Train, Evaluate, and the nuclei sample.
+"""The napari widgets: Segment, Train, Evaluate, and the nuclei samples (2-D and 3-D).
+
+A 3-D layer is a stack of 2-D frames for a 2-D net (as the CLI's ``--axes TYX``) and a volume
+for a 3-D net: Segment follows the model; Train and Evaluate have a "volumes" switch. A volume's
+voxel size is its layer's scale (napari's default scale, all 1, counts as unset: a model's own
+voxel size is used then).
 
 Long work runs in a worker thread (``napari.qt.threading``), so the viewer stays responsive; a
 progress bar follows it and Cancel stops it at the next chunk (Segment) or training step
@@ -36,6 +41,34 @@ def nuclei_sample():
     image, labels = load_sample()
     return [(image, {"name": "nuclei"}, "image"),
             (labels.astype(np.int32), {"name": "nuclei labels"}, "labels")]
+
+
+def nuclei_volume_sample():
+    """napari sample data: the bundled confocal nuclei volume and its instance labels, scaled
+    by their voxel size (um), so that napari's 3-D view shows them in proportion."""
+    from unet_tf.samples import VOLUME_VOXEL_SIZE, load_sample_volume
+    volume, labels = load_sample_volume()
+    scale = {"scale": VOLUME_VOXEL_SIZE}
+    return [(volume, {"name": "nuclei 3-D", **scale}, "image"),
+            (labels.astype(np.int32), {"name": "nuclei 3-D labels", **scale}, "labels")]
+
+
+def voxel_size_of(layer, model_voxel_size=None):
+    """A volume layer's voxel size ``(z, y, x)``: its scale, or, where napari's default (all 1)
+    says nobody set it, ``model_voxel_size`` (what a model was trained at) if given."""
+    scale = tuple(float(v) for v in layer.scale[-3:])
+    if model_voxel_size is not None and all(v == 1.0 for v in scale):
+        return tuple(float(v) for v in model_voxel_size)
+    return scale
+
+
+def volume_of(data, what="image"):
+    """A layer's data as one ``ZYX`` volume, or a clear error."""
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"expected a 3-D (ZYX) {what} for a volume, got {data.ndim}-D data "
+                         f"of shape {data.shape}")
+    return data
 
 
 def frames_of(data, rgb=False, what="image"):
@@ -115,14 +148,13 @@ class _Job:
 
 def _segment(folder, frames, with_probabilities):
     """Generator run in a worker: yields ``(done, total)`` chunks; returns labels and
-    probabilities (stacked for several frames)."""
+    probabilities (stacked for several frames; a 3-D net: ``frames`` is one volume)."""
     from unet_tf import UNet, chunked, overlap_tile
     from unet_tf.omezarr import open_image
     from unet_tf.instances import label_image
     model = UNet.cached(folder)
     if model.is_volume:
-        raise ValueError(f"{folder} is a 3-D net: segment volumes with `unet-tf predict` (the "
-                         "napari widgets take 2-D nets for now)")
+        return (yield from _segment_volume(model, frames, with_probabilities))
     frames = [overlap_tile.as_yxc_with(frame, model.channels) for frame in frames]
     chunk = max(SEGMENT_CHUNK - SEGMENT_CHUNK % model.period, model.period)
     windows = [chunked.chunk_windows(frame.shape, chunk) for frame in frames]
@@ -143,6 +175,31 @@ def _segment(folder, frames, with_probabilities):
                                  else result[..., 1])
     stack = lambda arrays: arrays[0] if len(arrays) == 1 else np.stack(arrays)
     return stack(labels), (stack(probabilities) if with_probabilities else None)
+
+
+def _segment_volume(model, volume, with_probabilities):
+    """:func:`_segment` for a 3-D net: the volume in boxes of one default tile's output each
+    (the same tiles as one :meth:`~unet_tf.UNet.predict`, with progress and Cancel between
+    them), labelled in 3-D at the model's voxel size."""
+    from unet_tf import overlap_tile
+    from unet_tf.omezarr import open_volume
+    from unet_tf.volume_chunked import volume_chunk_windows
+    from unet_tf.volume_sizes import volume_output_shape
+    volume = overlap_tile.as_zyxc_with(volume, model.channels)
+    tile = model.tile_size(volume.shape[:3], 1)
+    out = volume_output_shape(tuple(tile), model.config.architecture.plan)
+    chunk = [max(o - o % p, p) for o, p in zip(out, model.period)]   # starts on the pooling grid
+    windows = volume_chunk_windows(volume.shape, chunk)
+    lohi = overlap_tile.normalization_range(volume, model.normalization)
+    lazy = open_volume(volume)
+    result = np.zeros((*volume.shape[:3], model.num_classes), np.float32)
+    for done, (_, starts, sizes) in enumerate(windows, 1):
+        box = tuple(slice(s, s + n) for s, n in zip(starts, sizes))
+        result[box] = model.predict_volume_window(lazy, lohi, (starts, sizes))
+        yield done, len(windows)
+    probability = (result[..., 1:].max(-1) if model.num_classes > 2 else result[..., 1]) \
+        if with_probabilities else None
+    return model.postprocess(result), probability
 
 
 def _train_demo_model(folder):
@@ -210,7 +267,10 @@ class SegmentWidget(Container):
             self.info.value = f"not a model folder: {error}"[:120]
             return
         a = config.architecture
-        self.info.value = (f"depth {a.depth}, {a.filters} filters, {a.num_classes} classes; "
+        self.info.value = (f"3-D net (voxel size {_zyx(config.voxel_size)}), depth {a.depth}, "
+                           f"{a.filters} filters, {a.num_classes} classes; segments volumes"
+                           if config.is_volume else
+                           f"depth {a.depth}, {a.filters} filters, {a.num_classes} classes; "
                            "runtime Keras, tiles sized per 1024 px chunk")
 
     def segment(self, _=None):
@@ -221,14 +281,19 @@ class SegmentWidget(Container):
         try:
             if layer is None:
                 raise ValueError("choose an image layer to segment (open an image first)")
-            frames = frames_of(layer.data, layer.rgb)
             folder = self.folder()
             if folder == demo_model_folder() and not (folder / "config.json").is_file():
+                frames_of(layer.data, layer.rgb)   # a layer it cannot take says so first
                 show_info("unet-tf: training the demo model once (~2 min); it is cached in "
                           f"{folder}")
                 return self.job.start(_train_demo_model, lambda _: self.segment(), folder)
             from unet_tf.model_folder import read_config
-            read_config(folder)   # a broken folder says so here, before the worker starts
+            config = read_config(folder)   # a broken folder says so here, before the worker
+            if config.is_volume:
+                frames = volume_of(layer.data, f"image ({folder} is a 3-D net)")
+                _warn_other_voxel_size(layer, config.voxel_size)
+            else:
+                frames = frames_of(layer.data, layer.rgb)
         except USER_ERRORS as error:
             return _report(error)
         self.job.start(_segment, lambda result: self._add(layer, folder, result), folder,
@@ -238,23 +303,28 @@ class SegmentWidget(Container):
         labels, probability = result
         geometry = {"scale": layer.scale[-labels.ndim:], "translate": layer.translate[-labels.ndim:]}
         name = f"{layer.name} [unet-tf]"
-        self._show(self.viewer.add_labels, name, labels, geometry)
+        volume = labels.ndim == 3 and _model_voxel_size(folder) is not None   # a 3-D net's
+        tag = "volume" if volume else True       # (Evaluate scores its objects in 3-D)
+        self._show(self.viewer.add_labels, name, labels, geometry, tag)
         # what Retrain compares the edited layer with
         self.segmented = {"image": layer, "labels": name, "original": labels.copy(),
-                          "folder": Path(folder)}
+                          "folder": Path(folder), "volume": volume}
         if probability is not None:
             self._show(self.viewer.add_image, f"{layer.name} probability [unet-tf]", probability,
-                       {**geometry, "colormap": "magma", "blending": "additive", "opacity": 0.5})
+                       {**geometry, "colormap": "magma", "blending": "additive", "opacity": 0.5},
+                       tag)
         count = int(labels.max())
         self.info.value = f"{count} objects in {layer.name!r}"
         show_info(f"unet-tf: {count} objects in {layer.name}")
 
-    def _show(self, add, name, data, options):
-        """Replace the data of our own earlier layer of that name, else add a new layer."""
+    def _show(self, add, name, data, options, tag):
+        """Replace the data of our own earlier layer of that name, else add a new layer;
+        ``tag`` goes into its metadata (``"unet-tf"``)."""
         if name in self.viewer.layers and self.viewer.layers[name].metadata.get("unet-tf"):
             self.viewer.layers[name].data = data
+            self.viewer.layers[name].metadata["unet-tf"] = tag
         else:
-            add(data, name=name, metadata={"unet-tf": True}, **options)
+            add(data, name=name, metadata={"unet-tf": tag}, **options)
 
 
     # ------------------------------------------------------------------- correct, retrain
@@ -276,14 +346,17 @@ class SegmentWidget(Container):
                              "(paint, erase, fill), then retrain")
         if done["labels"] not in self.viewer.layers:
             raise ValueError(f"the labels layer {done['labels']!r} is gone: segment again")
-        edited = [np.asarray(f) for f in frames_of(self.viewer.layers[done["labels"]].data,
-                                                   what="labels layer")]
-        original = frames_of(done["original"], what="labels layer")
-        frames = frames_of(done["image"].data, done["image"].rgb)
-        if len(edited) != len(original) or edited[0].shape != original[0].shape:
+        data = np.asarray(self.viewer.layers[done["labels"]].data)
+        if data.shape != done["original"].shape:
             raise ValueError(f"the labels layer {done['labels']!r} changed shape since "
                              "Segment: segment again")
-        regions = [correction_region(o, e) for o, e in zip(original, edited)]
+        if done["volume"]:   # one volume, corrected in 3-D
+            edited, original, frames = [data], [done["original"]], [done["image"].data]
+        else:
+            edited = frames_of(data, what="labels layer")
+            original = frames_of(done["original"], what="labels layer")
+            frames = frames_of(done["image"].data, done["image"].rgb)
+        regions = [correction_region(o, e, ndim=o.ndim) for o, e in zip(original, edited)]
         keep = [i for i, region in enumerate(regions) if region.any()]
         if not keep:
             raise ValueError(f"no correction in {done['labels']!r}: edit its labels (paint, "
@@ -310,9 +383,11 @@ class SegmentWidget(Container):
         if not self.round_folders:
             self.round_folders.append(source)
         self.state = _training_state()
+        voxel_size = voxel_size_of(self.segmented["image"], _model_voxel_size(source)) \
+            if self.segmented["volume"] else None
         self.retrain_job.start(_train, self._retrained, frames, masks, out,
                                self.retrain_budget.value, 0, ignore, self.retrain_job.cancelled,
-                               self.state, source, True)
+                               self.state, source, True, voxel_size)
         _follow_training(self.state, self.retrain_job, self.bar, self.info, "retraining, ")
 
     def _retrained(self, folder):
@@ -323,6 +398,25 @@ class SegmentWidget(Container):
         self.model.value = str(folder)
         show_info(f"unet-tf: retrained on your corrections -> {folder}; Segment uses it "
                   "(earlier rounds stay under 'model rounds')")
+
+
+def _zyx(values):
+    return "x".join(f"{v:g}" for v in values)
+
+
+def _model_voxel_size(folder):
+    from unet_tf.model_folder import read_config
+    return read_config(folder).voxel_size
+
+
+def _warn_other_voxel_size(layer, model_voxel_size):
+    """Warn when a volume layer's scale (where set) differs from the voxel size a 3-D net was
+    trained at by more than 25 % along an axis: the net sees objects at another size in voxels."""
+    voxel = voxel_size_of(layer, model_voxel_size)
+    if any(abs(v / m - 1) > 0.25 for v, m in zip(voxel, model_voxel_size)):
+        show_warning(f"unet-tf: {layer.name!r} has voxel size {_zyx(voxel)} (its scale), the "
+                     f"model was trained at {_zyx(model_voxel_size)}: objects appear at another "
+                     "size in voxels, which can segment worse (resample the volume to match)")
 
 
 def next_round(folder):
@@ -373,24 +467,30 @@ def _follow_training(state, job, bar, label, prefix="", plan=None):
 
 
 def _train(frames, masks, out, budget, steps, ignore_label, cancelled, state, start_from=None,
-           retrain=False):
+           retrain=False, voxel_size=None):
     """Plan and train (in a worker), from scratch or fine-tuning ``start_from`` (``retrain``:
-    on corrections of its own segmentation); returns the model folder."""
+    on corrections of its own segmentation); returns the model folder. With ``voxel_size``,
+    ``frames`` are ``ZYX`` volumes and a 3-D net is planned."""
     from unet_tf import UNet
     from unet_tf.planner import configure_run
     given = {"epochs": 1, "steps_per_epoch": steps, "val_split": 0.0} if steps else {}
     if ignore_label:
         given["ignore_label"] = ignore_label
     if start_from:
-        given["start_from"] = str(start_from)
+        given["start_from"] = str(Path(start_from).resolve())
     if retrain:   # corrections of the source's own output: its target and classes, its head
         from unet_tf.model_folder import read_config
         source = read_config(start_from)
         given.update(target=source.target, num_classes=source.architecture.num_classes,
                      class_names=list(source.class_names))
-    # a short retrain budget on a slow machine is raised to the shortest useful run
-    config, plan = configure_run(frames, masks, given, budget, fixed={"out": str(out)},
-                                 at_least_minimum=bool(start_from))
+    if voxel_size is not None:
+        from unet_tf.volume_planner import make_volume_plan
+        plan = make_volume_plan(frames, masks, voxel_size, budget, given,
+                                at_least_minimum=bool(start_from))
+        config = plan.config(out=str(out))
+    else:   # a short retrain budget on a slow machine is raised to the shortest useful run
+        config, plan = configure_run(frames, masks, given, budget, fixed={"out": str(out)},
+                                     at_least_minimum=bool(start_from))
     state["plan"] = plan.table()
     state["total"] = config.epochs * config.steps_per_epoch
     UNet.train(config, frames, masks, overwrite=True, verbose=0, plan=plan,
@@ -412,6 +512,9 @@ class TrainWidget(Container):
         self.ignore = SpinBox(label="unannotated label (0: none)", value=0, min=0, max=2**31 - 1)
         self.ignore.tooltip = ("the label painted where nobody annotated: those pixels are "
                                "neither learned nor scored (partial annotations)")
+        self.volumes = CheckBox(text="3-D layers are volumes (a 3-D net)", value=False)
+        self.volumes.tooltip = ("off: a 3-D layer is a stack of 2-D frames (a 2-D net); on: one "
+                                "ZYX volume, its voxel size the layer's scale")
         self.start_from = FileEdit(label="fine-tune from", mode="d", value="")
         self.start_from.tooltip = ("empty: from scratch; a model folder: start from its weights "
                                    "(planned with fewer steps and a lower learning rate)")
@@ -421,7 +524,7 @@ class TrainWidget(Container):
         self.loss = Label(value="")
         self.plan = TextEdit(value="", label="plan")
         self.extend([self.image, self.labels, self.out, self.budget, self.steps, self.ignore,
-                     self.start_from, self.run, self.cancel_button, self.bar, self.loss,
+                     self.volumes, self.start_from, self.run, self.cancel_button, self.bar, self.loss,
                      self.plan])
         self.job = _Job(self.run, self.cancel_button, self.bar)
         self.run.changed.connect(self.train)
@@ -435,9 +538,15 @@ class TrainWidget(Container):
         image, labels = self.image.value, self.labels.value
         if image is None or labels is None:
             raise ValueError("choose an image layer and a labels layer (the annotations)")
-        frames = frames_of(image.data, image.rgb)
-        masks = frames_of(labels.data, what="labels layer")
-        if len(frames) != len(masks) or frames[0].shape[:2] != masks[0].shape:
+        if self.volumes.value:
+            frames = [volume_of(image.data)]
+            masks = [volume_of(labels.data, "labels layer")]
+            same = frames[0].shape == masks[0].shape
+        else:
+            frames = frames_of(image.data, image.rgb)
+            masks = frames_of(labels.data, what="labels layer")
+            same = len(frames) == len(masks) and frames[0].shape[:2] == masks[0].shape
+        if not same:
             raise ValueError(f"image {image.name!r} {np.shape(image.data)} and labels "
                              f"{labels.name!r} {np.shape(labels.data)} do not match")
         return frames, [np.asarray(m) for m in masks]
@@ -455,15 +564,20 @@ class TrainWidget(Container):
             parse_duration(self.budget.value)
             source = str(self.start_from.value).strip()
             source = None if source in ("", ".") else Path(source)
+            trained_at = _model_voxel_size(source) if source is not None and \
+                (source / "config.json").is_file() else None
+            voxel_size = voxel_size_of(self.image.value, trained_at) if self.volumes.value \
+                else None
             if source is not None:
                 from unet_tf.model_folder import fine_tune_source
-                fine_tune_source(source, frames[0].shape[2] if frames[0].ndim == 3 else 1)
+                channels = frames[0].shape[2] if frames[0].ndim == 3 and not voxel_size else 1
+                fine_tune_source(source, channels, {"voxel_size": voxel_size})
         except USER_ERRORS as error:
             return _report(error)
         self.state = _training_state()
         self.job.start(_train, self._done, frames, masks, out, self.budget.value,
                        self.steps.value, self.ignore.value or None, self.job.cancelled,
-                       self.state, source)
+                       self.state, source, False, voxel_size)
         _follow_training(self.state, self.job, self.bar, self.loss, plan=self.plan)
 
     def _done(self, folder):
@@ -487,10 +601,21 @@ class EvaluateWidget(Container):
         labels = lambda _: [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
         self.prediction = ComboBox(label="predicted", choices=labels)
         self.truth = ComboBox(label="ground truth", choices=labels)
+        self.volumes = CheckBox(text="3-D layers are volumes (objects in 3-D)", value=False)
+        self.volumes.tooltip = ("off: each frame of a stack is scored on its own; on: objects "
+                                "are matched across slices (set for a 3-D net's segmentation)")
         self.run = PushButton(text="Evaluate")
         self.table = Table(value={"metric": [], "value": []})
-        self.extend([self.prediction, self.truth, self.run, self.table])
+        self.extend([self.prediction, self.truth, self.volumes, self.run, self.table])
         self.run.changed.connect(self.evaluate)
+        self.prediction.changed.connect(self._follow_prediction)
+        self._follow_prediction()
+
+    def _follow_prediction(self, _=None):
+        """A 3-D net's segmentation is scored as a volume unless the user says otherwise."""
+        layer = self.prediction.value
+        if layer is not None and layer.metadata.get("unet-tf") == "volume":
+            self.volumes.value = True
 
     def evaluate(self, _=None):
         """Fill the table; add a ``merged / split`` layer (1: merged, 2: split)."""
@@ -504,8 +629,12 @@ class EvaluateWidget(Container):
             if np.shape(predicted.data) != np.shape(truth.data):
                 raise ValueError(f"{predicted.name!r} {np.shape(predicted.data)} and "
                                  f"{truth.name!r} {np.shape(truth.data)} differ in shape")
-            pairs = list(zip(frames_of(truth.data, what="labels layer"),
-                             frames_of(predicted.data, what="labels layer")))
+            if self.volumes.value:
+                pairs = [(volume_of(truth.data, "labels layer"),
+                          volume_of(predicted.data, "labels layer"))]
+            else:
+                pairs = list(zip(frames_of(truth.data, what="labels layer"),
+                                 frames_of(predicted.data, what="labels layer")))
             rows = [evaluate(np.asarray(t), np.asarray(p)) for t, p in pairs]
             problems = np.stack([merges_and_splits(np.asarray(t), np.asarray(p))
                                  for t, p in pairs])
