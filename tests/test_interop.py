@@ -83,6 +83,33 @@ def test_bioimageio_package_validates_and_passes_its_own_test(folder):
     assert "10.1007/978-3-319-24574-4_28" in str(description.cite[0].doi)
 
 
+def test_a_3d_net_bioimageio_package_has_zyx_axes_and_passes_its_own_test(
+        trained_volume_folder, tmp_path):
+    pytest.importorskip("bioimageio.core", reason="needs the extra: pip install "
+                                                  "'unet-tf[bioimageio]'")
+    from unet_tf.volume_sizes import axis_rule, per_axis
+    folder = tmp_path / "model"
+    shutil.copytree(trained_volume_folder, folder)
+    path = export_model(folder, "bioimageio")
+    test = subprocess.run(   # in a subprocess: see above
+        [sys.executable, "-c", "import sys; from bioimageio.core import test_model; "
+         "s = test_model(sys.argv[1]); print(s.format()); print('STATUS', s.status)", str(path)],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, KERAS_BACKEND="tensorflow"))
+    assert "STATUS passed" in test.stdout, test.stdout[-4000:] + test.stderr[-2000:]
+    from bioimageio.spec import load_model_description
+    description = load_model_description(path)
+    _, config = load_model_folder(folder)
+    rules = [axis_rule(p, k) for p, k in per_axis(config.architecture.plan)]
+    inputs, outputs = description.inputs[0].axes, description.outputs[0].axes
+    assert [str(a.id) for a in inputs[1:4]] == ["z", "y", "x"] == [str(a.id) for a in outputs[1:4]]
+    assert [(a.size.min, a.size.step) for a in inputs[1:4]] == [r[:2] for r in rules]
+    assert [a.size.offset for a in outputs[1:4]] == [-r[2] for r in rules]
+    assert "3d" in description.tags and len(description.cite) == 2
+    test_input = np.load(zipfile.ZipFile(path).open("test_input.npy"))
+    assert test_input.ndim == 5 and test_input.shape[-1] == 1
+
+
 def test_missing_extra_is_one_clear_line(folder, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tf2onnx", None)
     from unet_tf import cli

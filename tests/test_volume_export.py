@@ -140,8 +140,7 @@ def test_savedmodel_takes_3d_tiles_and_whole_volumes(folder, keras_unet, held_ou
 
 
 @pytest.mark.parametrize("format,reason", [
-    ("tflite-int8", "no int8 3-D convolution"), ("edgetpu", "no 3-D convolution"),
-    ("bioimageio", "not written yet")])
+    ("tflite-int8", "no int8 3-D convolution"), ("edgetpu", "no 3-D convolution")])
 def test_formats_that_cannot_hold_a_3d_net_say_why(folder, format, reason, capsys):
     assert cli_main(["export", str(folder), "--format", format]) == 2
     err = capsys.readouterr().err

@@ -331,7 +331,7 @@ def _add_train_settings(p):
     d, paper, edge = DEFAULTS, PRESETS["paper"], PRESETS["edge"]
     p.add_argument("--time-budget", metavar="DURATION",
                    help="training time to plan for, e.g. 90s, 10m, 1h (default 10m without a "
-                   "GPU, 30m with one; a fine-tune: 2m / 5m)")
+                   "GPU, 30m with one; a fine-tune: 2m / 5m, a 3-D one at least its shortest useful run)")
     p.add_argument("--from", dest="start_from", metavar="MODEL_DIR",
                    help="fine-tune a trained model folder: its architecture, weights and "
                    "normalisation (a new classifier head if the classes differ), planned with "

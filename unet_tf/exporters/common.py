@@ -22,8 +22,6 @@ NOT_FOR_VOLUMES = {
                    "or tflite-fp16",
     "edgetpu": "the Edge TPU has no 3-D convolution (and TFLite no int8 one); run the tflite or "
                "tflite-fp16 export on the device's CPU instead",
-    "bioimageio": "its bioimage.io package (ZYX axes, test tensors from a volume) is not "
-                  "written yet; the savedmodel and onnx exports take ZYX volumes",
 }
 
 __all__ = ["EXPORT_DIR", "ONNX_OPSET", "CALIBRATION_TILES", "CHECK_TILES", "NOT_FOR_VOLUMES",
