@@ -111,7 +111,7 @@ def segment_a_volume(out, budget):
         viewer.add_image(volume.data[:, :, :half], name="left half", scale=volume.scale)
         viewer.add_labels(truth.data[:, :, :half], name="left half labels", scale=volume.scale)
         train = TrainWidget(viewer)
-        viewer.window.add_dock_widget(train, name="unet-tf: Train")
+        dock = viewer.window.add_dock_widget(train, name="unet-tf: Train")
         train.reset_choices()
         train.image.value, train.labels.value = (viewer.layers["left half"],
                                                  viewer.layers["left half labels"])
@@ -122,7 +122,7 @@ def segment_a_volume(out, budget):
             raise SystemExit(f"the 3-D training did not finish: {train.loss.value}")
         for name in ("left half", "left half labels"):
             viewer.layers.remove(name)
-        viewer.window.remove_dock_widget(train)
+        viewer.window.remove_dock_widget(dock)
     segment = SegmentWidget(viewer)
     viewer.window.add_dock_widget(segment, name="unet-tf: Segment")
     segment.reset_choices()
