@@ -123,8 +123,12 @@ def choose_model(model, variant=None, flags=None):
         return model, None, "the file given"
     if not model.is_dir():
         raise FileNotFoundError(f"model not found: {model} (a .tflite file or an export folder)")
-    variant, reason = choose_variant(exported_variants(model),
-                                     cpu_flags() if flags is None else flags, variant)
+    available = exported_variants(model)
+    volume = any("tile_shape" in json.loads(sidecar.read_text())   # a 3-D net's exports
+                 for sidecar in (model / f"model_{v}.json" for v in available)
+                 if sidecar.is_file())
+    variant, reason = choose_variant(available, cpu_flags() if flags is None else flags,
+                                     variant, volume)
     return model / f"model_{variant}.tflite", variant, reason
 
 

@@ -42,9 +42,10 @@ def int8_dot_product(flags):
     return next((name for flag, name in INT8_DOT_PRODUCT.items() if flag in flags), None)
 
 
-def choose_variant(available, flags, requested=None):
+def choose_variant(available, flags, requested=None, volume=False):
     """``(variant, reason)``: the export to run among ``available`` (names from
-    :data:`VARIANTS`) on a CPU with ``flags``, or the ``requested`` one.
+    :data:`VARIANTS`) on a CPU with ``flags``, or the ``requested`` one. ``volume``: the
+    exports are a 3-D net's, which has no int8 variant (TFLite has no int8 3-D convolution).
 
     Raises:
         ValueError: ``requested`` is not a variant, or is not among ``available``; or none is.
@@ -64,6 +65,10 @@ def choose_variant(available, flags, requested=None):
     found = int8_dot_product(flags)
     order = ("int8", "float32", "fp16") if found else ("float32", "fp16", "int8")
     variant = next(v for v in order if v in available)
+    if volume:
+        return variant, (f"a 3-D net (TFLite has no int8 3-D convolution): {variant}"
+                         + (" runs fastest" if variant == "float32" else
+                            f"; only {', '.join(available)} exported"))
     if found:
         why = f"this CPU has {found} (int8 dot products)"
     else:

@@ -28,6 +28,13 @@ def test_only_what_was_exported_is_chosen_and_the_reason_says_so():
     assert choose_variant(["float32", "fp16"], VNNI)[0] == "float32"
 
 
+def test_a_3d_nets_reason_does_not_ask_for_the_int8_it_cannot_have():
+    variant, reason = choose_variant(["float32", "fp16"], VNNI, volume=True)
+    assert variant == "float32" and "no int8 3-D convolution" in reason
+    assert "favour int8" not in reason and "runs fastest" in reason
+    assert "only fp16 exported" in choose_variant(["fp16"], AVX2, volume=True)[1]
+
+
 def test_a_requested_variant_wins_and_a_missing_one_is_refused():
     assert choose_variant(VARIANTS, VNNI, "float32") == ("float32", "asked for")
     with pytest.raises(ValueError, match="no fp16 export .*--format tflite-fp16"):

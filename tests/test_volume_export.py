@@ -109,6 +109,8 @@ def test_the_kit_segments_a_stack_without_tensorflow(folder, keras_unet, held_ou
     assert result.returncode == 0, result.stderr[-2000:]
     labels = tifffile.imread(tmp_path / "masks" / "stack.tif")
     expected = keras_unet.segment(volume)
+    choice = json.loads((tmp_path / "masks" / "edge_predict.json").read_text())
+    assert "a 3-D net (TFLite has no int8 3-D convolution)" in choice["reason"]
     assert labels.shape == volume.shape and labels.max() >= 3          # 3-D instances
     assert labels.max() == expected.max() and np.mean(labels == expected) > 0.9999
     # without SciPy: one line naming it, before any prediction, nothing written

@@ -292,7 +292,8 @@ class UNet:
             raise FileNotFoundError(
                 f"--runtime litert needs a TFLite export in {export}: run `unet-tf export "
                 f"{self.folder} --format tflite` (or tflite-int8) first")
-        self.variant, self.variant_reason = choose_variant(available, cpu_flags(), variant)
+        self.variant, self.variant_reason = choose_variant(available, cpu_flags(), variant,
+                                                           self.is_volume)
         path = export / f"model_{self.variant}.tflite"
         meta = json.loads(path.with_suffix(".json").read_text())
         if hashlib.sha256(path.read_bytes()).hexdigest() != meta.get("tflite_sha256"):

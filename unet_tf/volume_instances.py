@@ -42,8 +42,9 @@ def label_volume(probabilities, settings=None, voxel_size=(1.0, 1.0, 1.0)):
         labels = flood_3d(seeds, interior, foreground)
     elif s["split"]:
         finest = min(voxel_size)
-        distance = ndi.distance_transform_edt(foreground, sampling=[v / finest
-                                                                    for v in voxel_size])
+        # float32 (SciPy gives float64): half the memory of the largest array kept
+        distance = ndi.distance_transform_edt(foreground, sampling=[
+            v / finest for v in voxel_size]).astype(np.float32)
         seeds = ndi.label(h_maxima_3d(distance, s["split"]), _FACES)[0]
         labels = flood_3d(seeds, distance, foreground)
     else:
@@ -104,12 +105,12 @@ def flood_3d(seeds, priority, mask):
     seed's object, one without a seed an object of its own; parts with several seeds are
     flooded level by level in their bounding box. Returns int32 labels."""
     mask = np.asarray(mask, bool)
-    seeds = np.where(mask, seeds, 0).astype(np.int64)
+    seeds = np.where(mask, seeds, 0).astype(np.int32)   # int32 throughout: volumes are large
     parts, count = ndi.label(mask, _FACES)
     seeded = seeds > 0
     pairs = np.unique(np.stack([parts[seeded], seeds[seeded]]), axis=1)  # (part, seed) present
     seeds_in = np.bincount(pairs[0], minlength=count + 1)
-    label_of_part = np.arange(count + 1, dtype=np.int64) + int(seeds.max()) + 1
+    label_of_part = np.arange(count + 1, dtype=np.int32) + int(seeds.max()) + 1
     label_of_part[pairs[0]] = pairs[1]
     label_of_part[0] = 0
     labels = label_of_part[parts]
@@ -119,11 +120,11 @@ def flood_3d(seeds, priority, mask):
         inside = parts[box] == part
         flooded = _flood_levels(np.where(inside, seeds[box], 0), priority[box], inside)
         labels[box][inside] = flooded[inside]
-    return labels.astype(np.int32)
+    return labels
 
 
 def _flood_levels(seeds, priority, mask):
-    labels = seeds.astype(np.int64)
+    labels = seeds.astype(np.int32)
     inside = priority[mask]
     for level in np.linspace(inside.max(), inside.min(), _LEVELS):
         _grow(labels, mask & (priority >= level))
