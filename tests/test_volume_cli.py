@@ -127,3 +127,15 @@ def test_train_predict_evaluate_round_trip_on_the_real_stack(sample_folders, tmp
     assert main(["predict", model, flat, "--out", tmp_path / "p2"]) == 2   # 2-D for a 3-D net
     assert "a volume must be a ZYX" in capsys.readouterr().err
     assert not (tmp_path / "p2" / "a.tif").exists()
+
+
+def test_plan_from_a_3d_model_plans_a_fine_tune(sample_folders, trained_volume_folder, capsys):
+    data = ["--images", sample_folders / "test" / "images", "--masks",
+            sample_folders / "test" / "masks"]
+    assert main(["plan", *data, "--from", trained_volume_folder]) == 0
+    out = capsys.readouterr().out
+    assert "a 3-D net" in out and "Adam at a tenth" in out and "the source's" in out
+    assert str(trained_volume_folder) in out
+    assert main(["plan", *data, "--from", trained_volume_folder, "--voxel-size",
+                 "1.5,0.26,0.26"]) == 2
+    assert "plan pools" in capsys.readouterr().err

@@ -13,7 +13,8 @@ Rules (2 CPU cores; held-out real stacks):
 - Adam 1e-3 with cosine decay, as in 2-D; half the tiles centred on objects (volumes hold few).
 - A fine-tune (``start_from``) keeps the source's net (depth, width, per-axis plan: its weights
   need them; volumes whose voxel size plans another net are refused), its normalisation and
-  head, at a tenth of the learning rate, within the 2-D fine-tune budget.
+  head, at a tenth of the learning rate, within the fine-tune budget (2m on a CPU) or the
+  shortest useful run where that is longer (3-D steps are slow).
 """
 
 import math
@@ -138,6 +139,8 @@ def make_volume_plan(volumes, masks, voxel_size, time_budget=None, overrides=Non
     for name, value in overrides.items():
         settings[name] = value
         reasons[name] = "given"
+    if source:   # recorded absolute, so the run repeats from anywhere
+        settings["start_from"] = str(Path(source).resolve())
     if isinstance(settings["normalization"], str):   # "image" / "dataset" -> the entry
         settings["normalization"] = normalization_for(settings["normalization"], volumes)
     config = TrainConfig(**settings)
@@ -145,10 +148,9 @@ def make_volume_plan(volumes, masks, voxel_size, time_budget=None, overrides=Non
     if source_config and config.volume_plan != source_config.architecture.plan:
         raise ValueError(
             f"cannot fine-tune from {source}: its net was planned for voxel size "
-            f"{'x'.join(f'{v:g}' for v in source_config.voxel_size)} (pools "
-            f"{_pools(source_config.architecture.plan)}); these volumes' "
-            f"{'x'.join(f'{v:g}' for v in voxel_size)} plan pools {_pools(config.volume_plan)}: resample "
-            "them to the source's voxel size, or train anew")
+            f"{_zyx(source_config.voxel_size)} (pools {_pools(source_config.architecture.plan)}); "
+            f"these volumes' {_zyx(voxel_size)} plan pools {_pools(config.volume_plan)}: "
+            "resample them to the source's voxel size, or train anew")
     plan = Plan(settings, reasons, fp, machine)
     if source_config:
         plan.start_from = {"folder": str(Path(source).resolve()),
@@ -184,6 +186,10 @@ def make_volume_plan(volumes, masks, voxel_size, time_budget=None, overrides=Non
 
 def _pools(plan):
     return " ".join("".join(map(str, p)) for p in plan["pools"])
+
+
+def _zyx(values):
+    return "x".join(f"{v:g}" for v in values)
 
 
 def _fine_tune(settings, reasons, source, folder):

@@ -612,10 +612,12 @@ class EvaluateWidget(Container):
         self._follow_prediction()
 
     def _follow_prediction(self, _=None):
-        """A 3-D net's segmentation is scored as a volume unless the user says otherwise."""
+        """Our own segmentations set the switch: a 3-D net's is scored as a volume, a 2-D net's
+        frame by frame (the user can change it after)."""
         layer = self.prediction.value
-        if layer is not None and layer.metadata.get("unet-tf") == "volume":
-            self.volumes.value = True
+        tag = layer.metadata.get("unet-tf") if layer is not None else None
+        if tag:
+            self.volumes.value = tag == "volume"
 
     def evaluate(self, _=None):
         """Fill the table; add a ``merged / split`` layer (1: merged, 2: split)."""
