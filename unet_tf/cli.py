@@ -24,6 +24,7 @@ from .model_folder import RUNTIMES
 from .native import stderr_captured
 from .sizes import UPSAMPLING_MODES
 from .variants import VARIANTS
+from .volume_chunked import VOLUME_CHUNK
 
 PROG = "unet-tf"
 EXIT_INTERNAL, EXIT_USER_ERROR, EXIT_NOTHING_LEARNED = 1, 2, 3
@@ -569,7 +570,7 @@ def _counter(quiet, unit):
 def _predict_large(source, args, volume_net):
     from .chunked import segment_to_zarr
     from .cluster import dask_client
-    from .volume_chunked import VOLUME_CHUNK, segment_volume_to_zarr
+    from .volume_chunked import segment_volume_to_zarr
     if not str(args.out).endswith(".zarr"):
         raise ValueError(f"an OME-Zarr input is written as OME-Zarr: give --out NAME.ome.zarr, "
                          f"got {args.out}")
@@ -647,7 +648,8 @@ def _add_predict(subparsers):
     p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask cluster's scheduler, "
                    "e.g. tcp://host:8786 (its workers need unet-tf and the model folder's path)")
     p.add_argument("--chunk", metavar="N|Z,Y,X", help=f"OME-Zarr output: pixels per chunk "
-                   f"side ({CHUNK}); a 3-D net: voxels per chunk, Z,Y,X (128,256,256)")
+                   f"side ({CHUNK}); a 3-D net: voxels per chunk, Z,Y,X "
+                   f"({','.join(map(str, VOLUME_CHUNK))})")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -27,9 +27,10 @@ from .omezarr import (create_group, create_level, open_volume, volume_pyramid,
                       write_labels_metadata, write_multiscales)
 
 # Output voxels per chunk (rounded down to the pooling periods). The halo and the net's context
-# come on top (a 24-voxel halo makes a 128x256x256 chunk a 176x304x304 box): deep chunks waste
-# less on them; this one's labelling takes ~1 GiB per process at 2 classes.
-VOLUME_CHUNK = (128, 256, 256)
+# come on top (a 24-voxel halo makes a 96x256x256 chunk a 144x304x304 box): deep chunks waste
+# less on them, but a worker's peak follows the box: 2083 MiB at 128x256x256 (a 176x304x304
+# box, 2 classes, measured on 2 Dask workers), over the 2 GiB a process may take.
+VOLUME_CHUNK = (96, 256, 256)
 
 
 def volume_chunk_windows(shape, chunk):
