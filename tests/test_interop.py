@@ -25,6 +25,19 @@ def folder(trained_folder, tmp_path_factory):
     return copy
 
 
+def assert_passes_its_own_test(package):
+    """``bioimageio.core.test_model`` on ``package``, in a subprocess: bioimageio.core's Keras
+    adapter sets os.environ["KERAS_BACKEND"] (to its default, torch, unless the variable is
+    set), which broke later subprocesses' Keras import."""
+    test = subprocess.run(
+        [sys.executable, "-c", "import sys; from bioimageio.core import test_model; "
+         "s = test_model(sys.argv[1]); print(s.format()); print('STATUS', s.status)",
+         str(package)],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, KERAS_BACKEND="tensorflow"))
+    assert "STATUS passed" in test.stdout, test.stdout[-4000:] + test.stderr[-2000:]
+
+
 def test_onnx_agrees_with_keras_at_any_valid_size(folder, sample):
     path = export_model(folder, "onnx")
     import onnx
@@ -65,14 +78,7 @@ def test_bioimageio_package_validates_and_passes_its_own_test(folder):
     names = set(zipfile.ZipFile(path).namelist())
     assert {"rdf.yaml", "model.keras", "model.onnx", "test_input.npy", "test_output.npy",
             "cover.png", "README.md", "LICENSE"} <= names
-    # In a subprocess: bioimageio.core's Keras adapter sets os.environ["KERAS_BACKEND"] (to its
-    # default, torch, unless the variable is set), which broke later subprocesses' Keras import.
-    test = subprocess.run(
-        [sys.executable, "-c", "import sys; from bioimageio.core import test_model; "
-         "s = test_model(sys.argv[1]); print(s.format()); print('STATUS', s.status)", str(path)],
-        capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, KERAS_BACKEND="tensorflow"))
-    assert "STATUS passed" in test.stdout, test.stdout[-4000:] + test.stderr[-2000:]
+    assert_passes_its_own_test(path)
     from bioimageio.spec import load_model_description
     description = load_model_description(path)
     y_in, y_out = description.inputs[0].axes[1], description.outputs[0].axes[1]
@@ -91,12 +97,7 @@ def test_a_3d_net_bioimageio_package_has_zyx_axes_and_passes_its_own_test(
     folder = tmp_path / "model"
     shutil.copytree(trained_volume_folder, folder)
     path = export_model(folder, "bioimageio")
-    test = subprocess.run(   # in a subprocess: see above
-        [sys.executable, "-c", "import sys; from bioimageio.core import test_model; "
-         "s = test_model(sys.argv[1]); print(s.format()); print('STATUS', s.status)", str(path)],
-        capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, KERAS_BACKEND="tensorflow"))
-    assert "STATUS passed" in test.stdout, test.stdout[-4000:] + test.stderr[-2000:]
+    assert_passes_its_own_test(path)
     from bioimageio.spec import load_model_description
     description = load_model_description(path)
     _, config = load_model_folder(folder)
