@@ -12,7 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .chunked import CHUNK
+from .chunked import CHUNK, VOLUME_CHUNK
 from .config import (LR_SCHEDULES, OPTIMIZERS, PRESETS, STRATEGIES, NothingLearned, TrainConfig,
                      class_id_settings)
 from .demo import DEMO_BUDGET
@@ -24,7 +24,7 @@ from .model_folder import RUNTIMES
 from .native import stderr_captured
 from .sizes import UPSAMPLING_MODES
 from .variants import VARIANTS
-from .volume_chunked import VOLUME_CHUNK
+from .volume_sizes import voxel_text
 
 PROG = "unet-tf"
 EXIT_INTERNAL, EXIT_USER_ERROR, EXIT_NOTHING_LEARNED = 1, 2, 3
@@ -85,7 +85,7 @@ def _volume_sizes(args):
     shapes = [_triple(text, int, "a ZYX shape") for text in args.size]
     shortest = tuple(min(axis) for axis in zip(*shapes)) if shapes else None
     plan = plan_axes(voxel, args.depth, shape=shortest)
-    print(f"3-D, depth {args.depth}, voxel size {'x'.join(f'{v:g}' for v in voxel)}")
+    print(f"3-D, depth {args.depth}, voxel size {voxel_text(voxel)}")
     for level, (pool, kernel) in enumerate(zip(plan["pools"] + [None], plan["kernels"])):
         pooled = f", then pool {'x'.join(map(str, pool))}" if pool else " (bottom)"
         print(f"  level {level}: kernels {'x'.join(map(str, kernel))}{pooled}")
@@ -214,7 +214,7 @@ def _print_plan(plan, images_dir):
     fp = plan.fingerprint
     if "voxel_size" in fp:
         print(f"data: {fp['volumes']} volume(s) in {images_dir} (ZYX, a 3-D net), voxel size "
-              f"{'x'.join(f'{v:g}' for v in fp['voxel_size'])} (anisotropy "
+              f"{voxel_text(fp['voxel_size'])} (anisotropy "
               f"{fp['anisotropy']:g}), {fp['objects']} objects (median "
               f"{fp['object_voxels_median']} voxels, diameter {fp['diameter_median']:g} in the "
               "voxel size's unit)")
@@ -332,7 +332,8 @@ def _add_train_settings(p):
     d, paper, edge = DEFAULTS, PRESETS["paper"], PRESETS["edge"]
     p.add_argument("--time-budget", metavar="DURATION",
                    help="training time to plan for, e.g. 90s, 10m, 1h (default 10m without a "
-                   "GPU, 30m with one; a fine-tune: 2m / 5m, a 3-D one at least its shortest useful run)")
+                   "GPU, 30m with one; a fine-tune: 2m / 5m, a 3-D one at least its shortest "
+                   "useful run)")
     p.add_argument("--from", dest="start_from", metavar="MODEL_DIR",
                    help="fine-tune a trained model folder: its architecture, weights and "
                    "normalisation (a new classifier head if the classes differ), planned with "

@@ -20,17 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunked import (RECORDS, join_chunks, publish, relabel_chunk, resumable, round_up,
-                      source_identity, value_range, write_chunk_record)
+from .chunked import (RECORDS, VOLUME_CHUNK, join_chunks, publish, relabel_chunk, resumable,
+                      round_up, source_identity, value_range, write_chunk_record)
 from .cluster import run_calls
 from .omezarr import (create_group, create_level, open_volume, volume_pyramid,
                       write_labels_metadata, write_multiscales)
-
-# Output voxels per chunk (rounded down to the pooling periods). The halo and the net's context
-# come on top (a 24-voxel halo makes a 96x256x256 chunk a 144x304x304 box): deep chunks waste
-# less on them, but a worker's peak follows the box: at 1 Gvoxel on 2 Dask workers (2 classes)
-# 2123 MiB at 128x256x256 (a 176x304x304 box), 2120 MiB at this one (and faster).
-VOLUME_CHUNK = (96, 256, 256)
 
 
 def volume_chunk_windows(shape, chunk):

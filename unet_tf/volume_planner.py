@@ -28,7 +28,7 @@ from .masks import as_instances, split_ignored
 from .model_folder import fine_tune_source, weights_digest
 from .planner import (DEFAULT_BUDGET, FINE_TUNE_BUDGET, FINE_TUNE_RATE, Plan, fill_budget,
                       format_duration, hardware, minimum_budget, parse_duration)
-from .volume_sizes import plan_axes, volume_output_shape
+from .volume_sizes import plan_axes, volume_output_shape, voxel_text
 from .memory import volume_tile_shape
 
 TILE_MEMORY = {"cpu": 256 * 2 ** 20, "gpu": 2 * 2 ** 30}   # activations of one training tile
@@ -148,8 +148,8 @@ def make_volume_plan(volumes, masks, voxel_size, time_budget=None, overrides=Non
     if source_config and config.volume_plan != source_config.architecture.plan:
         raise ValueError(
             f"cannot fine-tune from {source}: its net was planned for voxel size "
-            f"{_zyx(source_config.voxel_size)} (pools {_pools(source_config.architecture.plan)}); "
-            f"these volumes' {_zyx(voxel_size)} plan pools {_pools(config.volume_plan)}: "
+            f"{voxel_text(source_config.voxel_size)} (pools {_pools(source_config.architecture.plan)}); "
+            f"these volumes' {voxel_text(voxel_size)} plan pools {_pools(config.volume_plan)}: "
             "resample them to the source's voxel size, or train anew")
     plan = Plan(settings, reasons, fp, machine)
     if source_config:
@@ -187,9 +187,6 @@ def make_volume_plan(volumes, masks, voxel_size, time_budget=None, overrides=Non
 def _pools(plan):
     return " ".join("".join(map(str, p)) for p in plan["pools"])
 
-
-def _zyx(values):
-    return "x".join(f"{v:g}" for v in values)
 
 
 def _fine_tune(settings, reasons, source, folder):

@@ -198,3 +198,8 @@ def volume_activation_bytes(shape, plan, filters, channels=1, num_classes=2):
 def axis_periods(plan):
     """The pooling period along each axis (the product of its pools)."""
     return [math.prod(pools) for pools, _ in per_axis(plan)]
+
+
+def voxel_text(voxel_size):
+    """A voxel size as people write it: ``(0.29, 0.26, 0.26)`` -> ``"0.29x0.26x0.26"``."""
+    return "x".join(f"{v:g}" for v in voxel_size)

@@ -31,7 +31,7 @@ from ..instances import label_image
 from ..postprocess import overlay
 from ..samples import load_sample, load_sample_volume
 from ..sizes import next_valid_input_size, size_rule
-from ..volume_sizes import axis_rule, next_valid_volume_shape, per_axis
+from ..volume_sizes import axis_rule, next_valid_volume_shape, per_axis, voxel_text
 from .common import ONNX_OPSET, export_target
 from .onnx import export_onnx, onnx_modules
 
@@ -217,7 +217,7 @@ def _documentation(config, rules):
     a = config.architecture
     if a.is_volume:
         net = (f"3-D U-Net (Cicek et al. 2016) with valid convolutions planned per axis for voxel "
-               f"size {'x'.join(f'{v:g}' for v in config.voxel_size)} (z, y, x)")
+               f"size {voxel_text(config.voxel_size)} (z, y, x)")
         sample = "the confocal nuclei volume"
     else:
         net = "U-Net (Ronneberger et al. 2015) with valid 3x3 convolutions"

@@ -25,6 +25,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from unet_tf.config import NothingLearned   # unet_tf's pure modules: napari starts without
 from unet_tf.errors import USER_ERRORS      # TensorFlow, which the first prediction loads
+from unet_tf.volume_sizes import voxel_text
 
 SEGMENT_CHUNK = 1024    # pixels per side predicted between progress updates / cancel checks
 
@@ -267,7 +268,7 @@ class SegmentWidget(Container):
             self.info.value = f"not a model folder: {error}"[:120]
             return
         a = config.architecture
-        self.info.value = (f"3-D net (voxel size {_zyx(config.voxel_size)}), depth {a.depth}, "
+        self.info.value = (f"3-D net (voxel size {voxel_text(config.voxel_size)}), depth {a.depth}, "
                            f"{a.filters} filters, {a.num_classes} classes; segments volumes"
                            if config.is_volume else
                            f"depth {a.depth}, {a.filters} filters, {a.num_classes} classes; "
@@ -400,10 +401,6 @@ class SegmentWidget(Container):
                   "(earlier rounds stay under 'model rounds')")
 
 
-def _zyx(values):
-    return "x".join(f"{v:g}" for v in values)
-
-
 def _model_voxel_size(folder):
     from unet_tf.model_folder import read_config
     return read_config(folder).voxel_size
@@ -414,8 +411,8 @@ def _warn_other_voxel_size(layer, model_voxel_size):
     trained at by more than 25 % along an axis: the net sees objects at another size in voxels."""
     voxel = voxel_size_of(layer, model_voxel_size)
     if any(abs(v / m - 1) > 0.25 for v, m in zip(voxel, model_voxel_size)):
-        show_warning(f"unet-tf: {layer.name!r} has voxel size {_zyx(voxel)} (its scale), the "
-                     f"model was trained at {_zyx(model_voxel_size)}: objects appear at another "
+        show_warning(f"unet-tf: {layer.name!r} has voxel size {voxel_text(voxel)} (its scale), the "
+                     f"model was trained at {voxel_text(model_voxel_size)}: objects appear at another "
                      "size in voxels, which can segment worse (resample the volume to match)")
 
 
