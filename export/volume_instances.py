@@ -42,9 +42,7 @@ def label_volume(probabilities, settings=None, voxel_size=(1.0, 1.0, 1.0)):
         labels = flood_3d(seeds, interior, foreground)
     elif s["split"]:
         finest = min(voxel_size)
-        # float32 (SciPy gives float64): half the memory of the largest array kept
-        distance = ndi.distance_transform_edt(foreground, sampling=[
-            v / finest for v in voxel_size]).astype(np.float32)
+        distance = distance_3d(foreground, [v / finest for v in voxel_size])
         seeds = ndi.label(h_maxima_3d(distance, s["split"]), _FACES)[0]
         labels = flood_3d(seeds, distance, foreground)
     else:
@@ -71,14 +69,41 @@ def fill_holes_3d(mask, max_volume):
     return mask | fill[holes]
 
 
+def distance_3d(mask, sampling):
+    """``ndi.distance_transform_edt(mask, sampling).astype(float32)``, bit for bit, in a third
+    of its memory: SciPy keeps four volume-sized arrays of offsets (~49 bytes a voxel, the
+    peak of labelling a chunk); here the nearest background voxel's indices (12 bytes) and
+    the float32 result, the distances computed a slice at a time as SciPy does."""
+    nearest = ndi.distance_transform_edt(mask, sampling=sampling, return_distances=False,
+                                         return_indices=True)
+    distance = np.empty(mask.shape, np.float32)
+    rows, columns = np.ogrid[:mask.shape[1], :mask.shape[2]]
+    for z in range(mask.shape[0]):
+        squares = 0.0
+        for offset, step in zip((nearest[0, z] - z, nearest[1, z] - rows,
+                                 nearest[2, z] - columns), sampling):
+            scaled = offset.astype(np.float64) * step
+            squares = squares + scaled * scaled
+        distance[z] = np.sqrt(squares)
+    return distance
+
+
 def h_maxima_3d(height, h):
     """The regional maxima of ``height`` (>= 0) rising at least ``h`` above every path to a
     higher one (bool), as :func:`unet_tf.instances.h_maxima`, in 3-D."""
     height = np.asarray(height, np.float32)
-    domes = geodesic_reconstruction_3d(np.maximum(height - np.float32(h), 0), height)
+    marker = height - np.float32(h)
+    np.maximum(marker, 0, out=marker)
+    domes = geodesic_reconstruction_3d(marker, height)
+    del marker
     step = np.float32(1e-3)
-    lowered = np.where(height > 0, domes - step, domes)
-    return (domes - geodesic_reconstruction_3d(lowered, domes) >= step / 2) & (height > 0)
+    lowered = domes - step
+    np.copyto(lowered, domes, where=height <= 0)
+    rest = geodesic_reconstruction_3d(lowered, domes)
+    del lowered
+    np.subtract(domes, rest, out=rest)
+    maxima = rest >= step / 2
+    return np.logical_and(maxima, height > 0, out=maxima)
 
 
 def geodesic_reconstruction_3d(marker, mask):
@@ -92,7 +117,8 @@ def geodesic_reconstruction_3d(marker, mask):
     while True:
         grown = inner
         for _ in range(4):   # check for stability every 4 dilations
-            grown = np.minimum(_dilate(grown), limit)
+            grown = _dilate(grown)
+            np.minimum(grown, limit, out=grown)
         if np.array_equal(grown, inner):
             current[box[0]] = inner
             return current
@@ -103,31 +129,41 @@ def flood_3d(seeds, priority, mask):
     """Seeded watershed in ``mask`` (bool), higher ``priority`` first, as
     :func:`unet_tf.instances.flood`: a connected part of ``mask`` with one seed becomes that
     seed's object, one without a seed an object of its own; parts with several seeds are
-    flooded level by level in their bounding box. Returns int32 labels."""
+    flooded level by level in their bounding box. Returns int32 labels.
+
+    Volume-sized arrays are few and short-lived (a chunk's labelling is the peak memory of
+    volume prediction): each part's label is unique (a seed's id, or a new one past them), so
+    the parts' map is dropped once labels exist."""
     mask = np.asarray(mask, bool)
-    seeds = np.where(mask, seeds, 0).astype(np.int32)   # int32 throughout: volumes are large
+    seeds = np.where(mask, seeds, 0).astype(np.int32, copy=False)   # int32: volumes are large
     parts, count = ndi.label(mask, _FACES)
     seeded = seeds > 0
     pairs = np.unique(np.stack([parts[seeded], seeds[seeded]]), axis=1)  # (part, seed) present
+    del seeded
     seeds_in = np.bincount(pairs[0], minlength=count + 1)
     label_of_part = np.arange(count + 1, dtype=np.int32) + int(seeds.max()) + 1
     label_of_part[pairs[0]] = pairs[1]
     label_of_part[0] = 0
-    labels = label_of_part[parts]
     boxes = ndi.find_objects(parts)
+    labels = label_of_part[parts]
+    del parts
     for part in np.nonzero(seeds_in >= 2)[0]:
         box = boxes[part - 1]
-        inside = parts[box] == part
+        inside = labels[box] == label_of_part[part]
         flooded = _flood_levels(np.where(inside, seeds[box], 0), priority[box], inside)
-        labels[box][inside] = flooded[inside]
+        np.copyto(labels[box], flooded, where=inside)
     return labels
 
 
 def _flood_levels(seeds, priority, mask):
-    labels = seeds.astype(np.int32)
-    inside = priority[mask]
-    for level in np.linspace(inside.max(), inside.min(), _LEVELS):
-        _grow(labels, mask & (priority >= level))
+    """``seeds`` (a fresh int32 array, flooded in place) grown over ``mask`` level by level."""
+    labels = seeds
+    high = priority.max(where=mask, initial=-np.inf)
+    low = priority.min(where=mask, initial=np.inf)
+    for level in np.linspace(high, low, _LEVELS):
+        allowed = priority >= level
+        allowed &= mask
+        _grow(labels, allowed)
     return labels
 
 
@@ -135,7 +171,9 @@ def _grow(labels, allowed):
     """Dilate ``labels`` into unlabelled ``allowed`` voxels until none is left to reach."""
     while True:
         grown = _dilate(labels)
-        new = allowed & (labels == 0) & (grown > 0)
+        new = labels == 0
+        new &= allowed
+        new &= grown > 0
         if not new.any():
             return
         labels[new] = grown[new]
