@@ -37,8 +37,8 @@ CHUNK = 1024                    # output pixels per chunk side (rounded to the p
 # A volume's output voxels per chunk, Z, Y, X (rounded down to the pooling periods). The halo
 # and the net's context come on top (a 24-voxel halo makes a 96x256x256 chunk a 144x304x304
 # box): deep chunks waste less on them, but a worker's peak follows the box: at 1 Gvoxel on 2
-# Dask workers (2 classes) 2123 MiB at 128x256x256 (a 176x304x304 box), 2120 MiB at this one
-# (and faster).
+# Dask workers (2 classes) 2123 MiB at 128x256x256 (a 176x304x304 box), 1872 MiB at this one
+# with the lean 3-D labelling (and faster).
 VOLUME_CHUNK = (96, 256, 256)
 RECORDS = 2   # the chunk records' layout (2: stitching's per-axis names): a partial run of
               # another layout is not resumed
