@@ -36,16 +36,21 @@ def test_a_fine_tune_starts_from_the_source_weights(trained_folder, sample, tmp_
     assert stored["training"]["start_from"] == str(trained_folder)
 
 
-def test_other_classes_get_a_new_head_and_keep_the_rest(trained_folder, sample, tmp_path):
+def test_another_target_gets_a_head_from_the_source_classes_that_hold_it(trained_folder, sample,
+                                                                         tmp_path):
     image, instances = sample
     train(frozen_fine_tune(trained_folder, tmp_path / "boundary", target="boundary"),
           [image[:, :256]], [instances[:, :256]], verbose=0)
     source, tuned = (UNet.from_folder(f).model for f in (trained_folder, tmp_path / "boundary"))
-    assert tuned.get_layer("logits").get_weights()[0].shape[-1] == 3
     for layer in source.layers:
         if layer.weights and layer.name != "logits":
             for a, b in zip(layer.get_weights(), tuned.get_layer(layer.name).get_weights()):
                 np.testing.assert_allclose(a, b, atol=1e-6)
+    # background from background; interior and boundary both from the foreground
+    for a, b in zip(source.get_layer("logits").get_weights(),
+                    tuned.get_layer("logits").get_weights()):
+        assert b.shape[-1] == 3
+        np.testing.assert_allclose(a[..., [0, 1, 1]], b, atol=1e-6)
 
 
 def test_the_plan_of_a_fine_tune(trained_folder, sample):
@@ -58,7 +63,7 @@ def test_the_plan_of_a_fine_tune(trained_folder, sample):
     # the target is planned for this data (29 % of the sample's nuclei touch: boundary); the
     # source's foreground head is then replaced
     assert s["target"] == "boundary" and "a new head" in plan.reasons["target"]
-    assert s["learning_rate"] == 1e-3 and "random weights" in plan.reasons["learning_rate"]
+    assert s["learning_rate"] == 1e-3 and "head is new" in plan.reasons["learning_rate"]
     same = make_plan([image[:, :256]], [instances[:, :256]], overrides={
         "start_from": str(trained_folder), "target": "foreground"},
         step_timer=lambda config, channels: 0.1)

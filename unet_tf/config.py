@@ -23,6 +23,10 @@ LR_SCHEDULES = ("constant", "cosine")
 # ids 0..num_classes-1; the output is class ids).
 TARGETS = ("foreground", "boundary", "classes")
 BOUNDARY_CLASSES = ["background", "interior", "boundary"]
+# A fine-tune's new head for another target starts from the source's head: each class from
+# the source class that holds it (source target, target) -> source columns. Interior and
+# boundary pixels are foreground; foreground pixels are interior or boundary.
+HEAD_FROM = {("boundary", "foreground"): (0, 1), ("foreground", "boundary"): (0, 1, 1)}
 
 # Named architectures with their training tile. "edge" is for int8 accelerators such as the
 # Coral Edge TPU: resize + conv instead of stride-2 transposed convs (which often fail to map),

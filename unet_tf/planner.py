@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import MIN_STEPS, TrainConfig
+from .config import HEAD_FROM, MIN_STEPS, TrainConfig
 from .images import check_image, normalization_for
 from .masks import as_instances, split_ignored
 from .memory import GIB, available_bytes
@@ -283,8 +283,9 @@ def _fine_tune(fp, source, folder, images, gpu, planned_target, reasons):
     over, with reasons (``reasons``: the plan's so far, extended): the architecture (its weights
     need it), the normalisation (its weights expect it) unless this data rules it out, the
     classes of a class-id source; a lower learning rate. The target stays planned for this
-    data's objects (a new head where it differs from the source's: the planner's rule on
-    touching objects held on both real sets), the tile too, at the source's depth."""
+    data's objects (a new head where it differs from the source's, started from the source's
+    classes that hold its own: the planner's rule on touching objects held on both real
+    sets), the tile too, at the source's depth."""
     a = source.architecture
     settings = {name: getattr(a, name) for name in ("depth", "filters", "upsampling", "dropout")}
     reasons.update({name: f"the source's ({folder}): its weights need it" for name in settings})
@@ -293,6 +294,9 @@ def _fine_tune(fp, source, folder, images, gpu, planned_target, reasons):
         settings["target"], settings["num_classes"] = "classes", a.num_classes
         settings["class_names"] = list(source.class_names)
         reasons["target"] = "the source's classes: its classifier head carries over"
+    elif (source.training.target, planned_target) in HEAD_FROM:
+        reasons["target"] += (f" (a new head, started from the source's "
+                              f"{source.training.target} classes that hold its own)")
     elif source.training.target != planned_target:
         reasons["target"] += f" (a new head: the source's is for {source.training.target})"
     else:
@@ -313,7 +317,8 @@ def _fine_tune(fp, source, folder, images, gpu, planned_target, reasons):
         reasons["learning_rate"] = ("Adam at a tenth of the from-scratch rate: adapt, keep "
                                     "what the source learned")
     else:
-        reasons["learning_rate"] += " (a new head starts from random weights)"
+        reasons["learning_rate"] += (" (the head is new: a 2-minute fine-tune learned more "
+                                     "at this rate than at a tenth)")
     return settings
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .backend import keras, tf
 from .augment import Augmentation
-from .config import MIN_STEPS, NothingLearned
+from .config import HEAD_FROM, MIN_STEPS, NothingLearned
 from .callbacks import (BestModelCheckpoint, DivergenceGuard, PredictionImages, TrainingDiverged,
                         best_in_history)
 from .data import class_labels, make_dataset
@@ -23,7 +23,7 @@ from .losses import weighted_pixel_loss
 from .memory import check_fits, check_bytes_fit
 from .model import build_unet, build_unet_3d
 from .model_folder import (BACKUP_DIR, HISTORY_FILE, LOGS_DIR, MODEL_FILE, ModelConfig,
-                           fine_tune_source, update_config, write_config)
+                           fine_tune_source, read_config, update_config, write_config)
 from .postprocess import VOLUME_GRID, describe, tune
 from .sampling import TileCounter
 from .tiling import predict_tiled
@@ -200,7 +200,7 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
                      build_unet((None, None, channels), config.num_classes, config.depth,
                                 config.filters, config.dropout, config.upsampling))
             if config.start_from:
-                _start_from(model, config.start_from, verbose)
+                _start_from(model, config.start_from, config.target, verbose)
             optimizer = make_optimizer(config)
         guard = DivergenceGuard()
         if is_multiworker(strategy):
@@ -230,23 +230,30 @@ def train(config, images=None, masks=None, names=None, overwrite=False, callback
     return model
 
 
-def _start_from(model, folder, verbose):
+def _start_from(model, folder, target, verbose):
     """Give ``model`` the weights of the model in ``folder``, layer by layer (same names and
-    shapes: the architecture is the same); a head for another number of classes starts new."""
+    shapes: the architecture is the same). A head for another ``target`` starts from the
+    source's classes that hold its own (:data:`HEAD_FROM`); for other classes, new."""
     source = keras.saving.load_model(Path(folder) / MODEL_FILE, compile=False)
     names = {layer.name for layer in source.layers}
-    fresh = []
+    source_target = read_config(folder).training.target
+    columns = HEAD_FROM.get((source_target, target))
+    fresh, mapped = [], []
     for layer in model.layers:
         if not layer.weights:
             continue
         weights = source.get_layer(layer.name).get_weights() if layer.name in names else None
-        if weights is not None and [w.shape for w in weights] == \
-                [tuple(w.shape) for w in layer.weights]:
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if weights is not None and [w.shape for w in weights] == shapes:
             layer.set_weights(weights)
+        elif weights is not None and layer.name == "logits" and columns:
+            layer.set_weights([w[..., list(columns)] for w in weights])   # kernel, bias
+            mapped.append(layer.name)
         else:
             fresh.append(layer.name)
     if verbose:
-        head = f"; new: {', '.join(fresh)}" if fresh else ""
+        head = (f"; new: {', '.join(fresh)}" if fresh else "") + \
+            (f"; {target} head from the source's {source_target} one" if mapped else "")
         print(f"fine-tuning {folder}: weights of "
               f"{sum(bool(layer.weights) for layer in model.layers) - len(fresh)} layers{head}",
               flush=True)
