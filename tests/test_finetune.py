@@ -2,6 +2,7 @@
 new head when the classes differ, planned with fewer steps and a lower rate; a bad source is
 refused before any work."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -12,7 +13,7 @@ from unet_tf import UNet
 from unet_tf.config import TrainConfig
 from unet_tf.io import write_image
 from unet_tf.planner import make_plan
-from unet_tf.training import train
+from unet_tf.training import make_optimizer, train
 from conftest import run_cli
 
 HELD_OUT = (slice(0, 200), slice(384, 512))
@@ -72,6 +73,25 @@ def test_the_plan_of_a_fine_tune(trained_folder, sample):
     assert plan.start_from["weights_sha256"] == hashlib.sha256(
         (trained_folder / "model.keras").read_bytes()).hexdigest()
     assert "start_from" in plan.table() and plan.to_dict()["start_from"]["folder"]
+    assert "rises from 0 over its first 10 %" in plan.reasons["lr_schedule"]
+
+
+@pytest.mark.parametrize("schedule, after", [("cosine", 0.5), ("constant", 1.0)])
+def test_a_fine_tune_warms_its_rate_up_and_a_fresh_run_does_not(schedule, after):
+    fresh = TrainConfig(out="x", epochs=10, steps_per_epoch=100, learning_rate=1e-3,
+                        lr_schedule=schedule)
+    tuned = dataclasses.replace(fresh, start_from="source")
+
+    def rate(config, step):
+        optimizer = make_optimizer(config)
+        optimizer.iterations.assign(step)
+        return float(optimizer.learning_rate)
+
+    # 100 warm-up steps (10 %) from 0, then cosine to 0 or the constant rate
+    assert rate(tuned, 0) == 0.0 and rate(tuned, 50) == pytest.approx(5e-4)
+    assert rate(tuned, 100) == pytest.approx(1e-3)
+    assert rate(tuned, 550) == pytest.approx(after * 1e-3, rel=1e-3)
+    assert rate(fresh, 0) == pytest.approx(1e-3)
 
 
 @pytest.fixture(scope="module")

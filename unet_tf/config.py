@@ -27,6 +27,10 @@ BOUNDARY_CLASSES = ["background", "interior", "boundary"]
 # the source class that holds it (source target, target) -> source columns. Interior and
 # boundary pixels are foreground; foreground pixels are interior or boundary.
 HEAD_FROM = {("boundary", "foreground"): (0, 1), ("foreground", "boundary"): (0, 1, 1)}
+# A fine-tune's learning rate rises from 0 over this share of its steps: Adam's first steps,
+# with no gradient history, move every weight by about the full rate and knock the source's
+# weights (measured: 2-minute fine-tunes of the sample's 4 folds, F1 0.872 -> 0.904).
+FINE_TUNE_WARMUP = 0.1
 
 # Named architectures with their training tile. "edge" is for int8 accelerators such as the
 # Coral Edge TPU: resize + conv instead of stride-2 transposed convs (which often fail to map),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import HEAD_FROM, MIN_STEPS, TrainConfig
+from .config import FINE_TUNE_WARMUP, HEAD_FROM, MIN_STEPS, TrainConfig
 from .images import check_image, normalization_for
 from .masks import as_instances, split_ignored
 from .memory import GIB, available_bytes
@@ -39,6 +39,8 @@ from .sizes import input_size_for_output, output_size, size_rule
 DEFAULT_BUDGET = {"cpu": 600.0, "gpu": 1800.0}   # seconds: 10 min on a laptop, 30 on a GPU
 FINE_TUNE_BUDGET = {"cpu": 120.0, "gpu": 300.0}  # a fine-tune starts from a trained net
 FINE_TUNE_RATE = 1e-4      # Adam, a tenth of the from-scratch rate: keep what the source learned
+WARMUP_REASON = (f"; a fine-tune's rate rises from 0 over its first {100 * FINE_TUNE_WARMUP:.0f} % "
+                 "of steps: Adam's first steps would knock the source's weights")
 MIN_EPOCHS = 5             # checkpoints to choose the best model from
 TIMED_STEPS = 6            # training steps timed on this machine (after 2 warm-up steps)
 PIPELINE_FACTOR = 1.05     # the input pipeline shares the CPU (measured on 2 cores: ~1.0)
@@ -319,6 +321,7 @@ def _fine_tune(fp, source, folder, images, gpu, planned_target, reasons):
     else:
         reasons["learning_rate"] += (" (the head is new: a 2-minute fine-tune learned more "
                                      "at this rate than at a tenth)")
+    reasons["lr_schedule"] += WARMUP_REASON
     return settings
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .backend import keras, tf
 from .augment import Augmentation
-from .config import HEAD_FROM, MIN_STEPS, NothingLearned
+from .config import FINE_TUNE_WARMUP, HEAD_FROM, MIN_STEPS, NothingLearned
 from .callbacks import (BestModelCheckpoint, DivergenceGuard, PredictionImages, TrainingDiverged,
                         best_in_history)
 from .data import class_labels, make_dataset
@@ -39,10 +39,16 @@ LEARNED_NOTHING_FOREGROUND = 0.2  # predicted foreground pixels / true ones
 
 
 def make_optimizer(config):
-    """The optimizer (and learning-rate schedule over all steps) that ``config`` names."""
-    rate = config.learning_rate
-    if config.lr_schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(rate, config.epochs * config.steps_per_epoch)
+    """The optimizer (and learning-rate schedule over all steps) that ``config`` names; a
+    fine-tune's rate first rises from 0 over :data:`FINE_TUNE_WARMUP` of the steps."""
+    rate, steps = config.learning_rate, config.epochs * config.steps_per_epoch
+    warmup = int(FINE_TUNE_WARMUP * steps) if config.start_from else 0
+    if config.lr_schedule == "cosine" or warmup:
+        # After the warm-up: cosine decay to 0, or (alpha=1) the constant rate.
+        rate = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else rate, steps - warmup,
+            alpha=0.0 if config.lr_schedule == "cosine" else 1.0,
+            warmup_target=rate if warmup else None, warmup_steps=warmup)
     if config.optimizer == "adam":
         return keras.optimizers.Adam(rate)
     return keras.optimizers.SGD(rate, momentum=config.momentum)

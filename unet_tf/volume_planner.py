@@ -26,8 +26,8 @@ from .config import TrainConfig
 from .images import check_volume, normalization_for
 from .masks import as_instances, split_ignored
 from .model_folder import fine_tune_source, weights_digest
-from .planner import (DEFAULT_BUDGET, FINE_TUNE_BUDGET, FINE_TUNE_RATE, Plan, fill_budget,
-                      format_duration, hardware, minimum_budget, parse_duration)
+from .planner import (DEFAULT_BUDGET, FINE_TUNE_BUDGET, FINE_TUNE_RATE, WARMUP_REASON, Plan,
+                      fill_budget, format_duration, hardware, minimum_budget, parse_duration)
 from .volume_sizes import plan_axes, volume_output_shape, voxel_text
 from .memory import volume_tile_shape
 
@@ -203,4 +203,5 @@ def _fine_tune(settings, reasons, source, folder):
     settings["learning_rate"] = FINE_TUNE_RATE
     reasons["learning_rate"] = "Adam at a tenth of the from-scratch rate: adapt, keep what " \
                                "the source learned"
+    reasons["optimizer"] += WARMUP_REASON
     reasons["start_from"] = "given: fine-tune its weights"
