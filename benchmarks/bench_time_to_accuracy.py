@@ -151,17 +151,13 @@ def finetune(hela_folder, budget, finetune_budget, root):
 
     hela_scratch, hela_model = scratch("hela", hela)
     folds = list(sample_folds())
-    sample_scratch, sample_tuned, sample_model = [], [], None
-    for fold, data in enumerate(folds):
-        result, folder = scratch(f"sample fold {fold}", data)
-        sample_scratch.append(result)
-        sample_model = sample_model or folder
-    for fold, data in enumerate(folds):
-        sample_tuned.append(tuned(f"sample fold {fold}", data, hela_model))
+    sample_scratch = [scratch(f"sample fold {fold}", data) for fold, data in enumerate(folds)]
+    sample_tuned = [tuned(f"sample fold {fold}", data, hela_model)
+                    for fold, data in enumerate(folds)]
     report("sample (4 folds)", "hela", finetune_budget, budget, mean(sample_tuned),
-           mean(sample_scratch))
-    report("hela", "sample", finetune_budget, budget, tuned("hela", hela, sample_model),
-           hela_scratch)
+           mean([result for result, _ in sample_scratch]))
+    report("hela", "sample", finetune_budget, budget,
+           tuned("hela", hela, sample_scratch[0][1]), hela_scratch)
 
 
 def mean(results):

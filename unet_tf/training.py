@@ -43,12 +43,13 @@ def make_optimizer(config):
     fine-tune's rate first rises from 0 over :data:`FINE_TUNE_WARMUP` of the steps."""
     rate, steps = config.learning_rate, config.epochs * config.steps_per_epoch
     warmup = int(FINE_TUNE_WARMUP * steps) if config.start_from else 0
-    if config.lr_schedule == "cosine" or warmup:
-        # After the warm-up: cosine decay to 0, or (alpha=1) the constant rate.
+    cosine = config.lr_schedule == "cosine"
+    if warmup:   # from 0 up to the rate, then cosine decay to 0 or (alpha=1) the constant rate
         rate = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else rate, steps - warmup,
-            alpha=0.0 if config.lr_schedule == "cosine" else 1.0,
-            warmup_target=rate if warmup else None, warmup_steps=warmup)
+            0.0, steps - warmup, alpha=0.0 if cosine else 1.0, warmup_target=rate,
+            warmup_steps=warmup)
+    elif cosine:
+        rate = keras.optimizers.schedules.CosineDecay(rate, steps)
     if config.optimizer == "adam":
         return keras.optimizers.Adam(rate)
     return keras.optimizers.SGD(rate, momentum=config.momentum)
