@@ -109,6 +109,24 @@ def test_tflite_models_are_single_tiles_with_their_geometry(folder, keras_model)
     assert sizes["int8"] < 0.4 * sizes["float32"] and sizes["fp16"] < 0.6 * sizes["float32"]
 
 
+def test_int8_keeps_the_calibration_that_agrees_best_with_keras_on_its_tiles(folder):
+    calibration = json.loads((folder / "export" / "model_int8.json").read_text())["calibration"]
+    tried = calibration["object_label_agreement"]
+    assert set(tried) == {"none", "0.1 %"} and all(0.5 < v <= 1 for v in tried.values())
+    clip = calibration["clip_percent"]
+    assert tried["none" if clip is None else f"{clip:g} %"] == max(tried.values())
+
+
+def test_calibration_tiles_shift_the_grid_when_it_holds_too_few_windows(trained_folder, sample):
+    from unet_tf.exporters.tflite import calibration_tiles
+    config = load_model_folder(trained_folder)[1]
+    image = sample[0][:, :384]
+    tiles = calibration_tiles([image], config, 604)   # one 512-px output window covers it
+    assert 4 <= len(tiles) <= 64 and tiles.shape[1:] == (1, 604, 604, 1)
+    assert len({t.tobytes() for t in tiles}) == len(tiles)   # no tile twice
+    assert len(calibration_tiles([image] * 40, config, 188, limit=64)) == 64
+
+
 def test_edge_runtime_matches_predict_tiled(folder, keras_model, held_out):
     image, truth = held_out
     reference = predict_tiled(keras_model, image, tile_size=188, output="logits")

@@ -125,14 +125,22 @@ def _planar_pools(layer):
 def calibration_tiles(images, config, tile_size, limit=CALIBRATION_TILES):
     """Up to ``limit`` normalised ``(1, T, T, C)`` tiles of ``images`` (``YX``/``YXC``), cut
     on the prediction grid (int8 calibration sees what the net will see) and spread evenly over
-    all images and positions, not the first image's top rows."""
+    all images and positions, not the first image's top rows. Where the grid holds fewer than
+    ``limit`` windows (few images, large tiles: one 384^2 image gave one 604 tile), the grid
+    shifted by halves, then quarters of a window adds more."""
     a = config.architecture
     out = output_size(tile_size, a.depth, a.upsampling)
     period = size_rule(a.depth, a.upsampling)[1]
     margin = (tile_size - out) // 2
     images = [check_image(image, f"calibration image {i}") for i, image in enumerate(images)]
-    windows = [(i, top, left) for i, image in enumerate(images)
-               for top, left in overlap_tile.window_grid(*image.shape[:2], out, period)[1]]
+    for parts in (1, 2, 4):
+        shifts = sorted({out * k // parts // period * period for k in range(parts)})
+        windows = [(i, top + dy, left + dx) for i, image in enumerate(images)
+                   for top, left in overlap_tile.window_grid(*image.shape[:2], out, period)[1]
+                   for dy in shifts for dx in shifts
+                   if top + dy < image.shape[0] and left + dx < image.shape[1]]
+        if len(windows) >= limit:
+            break
     chosen = np.unique(np.linspace(0, len(windows) - 1, min(limit, len(windows))).round())
     ranges = {}
     tiles = []
