@@ -30,8 +30,8 @@ NOT_FOR_VOLUMES = {
                "tflite-fp16 export on the device's CPU instead",
 }
 
-__all__ = ["EXPORT_DIR", "ONNX_OPSET", "CALIBRATION_TILES", "CALIBRATION_CLIPS", "CHECK_TILES", "NOT_FOR_VOLUMES",
-           "export_dir",
+__all__ = ["EXPORT_DIR", "ONNX_OPSET", "CALIBRATION_TILES", "CALIBRATION_CLIPS", "CHECK_TILES",
+           "NOT_FOR_VOLUMES", "export_dir",
            "check_target", "export_target", "replace_path", "temporary_folder"]
 
 

@@ -37,8 +37,8 @@ from ..memory import DEVICE_MEMORY, inference_tile_size, volume_tile_shape
 from ..tiling import tile_stride
 from ..volume_sizes import axis_periods, check_volume_shape, volume_output_shape
 from .equalize import equalize_channels
-from .common import (CALIBRATION_CLIPS, CALIBRATION_TILES, CHECK_TILES, NOT_FOR_VOLUMES, export_dir,
-                     export_target)
+from .common import (CALIBRATION_CLIPS, CALIBRATION_TILES, CHECK_TILES, NOT_FOR_VOLUMES,
+                     export_dir, export_target)
 
 KINDS = {"tflite": "float32", "tflite-fp16": "fp16", "tflite-int8": "int8"}
 # A TFLite model has one fixed tile. Devices have little memory, so the default is the tile
@@ -133,11 +133,11 @@ def calibration_tiles(images, config, tile_size, limit=CALIBRATION_TILES):
     period = size_rule(a.depth, a.upsampling)[1]
     margin = (tile_size - out) // 2
     images = [check_image(image, f"calibration image {i}") for i, image in enumerate(images)]
+    grids = [overlap_tile.window_grid(*image.shape[:2], out, period)[1] for image in images]
     for parts in (1, 2, 4):
         shifts = sorted({out * k // parts // period * period for k in range(parts)})
-        windows = [(i, top + dy, left + dx) for i, image in enumerate(images)
-                   for top, left in overlap_tile.window_grid(*image.shape[:2], out, period)[1]
-                   for dy in shifts for dx in shifts
+        windows = [(i, top + dy, left + dx) for i, (image, grid) in enumerate(zip(images, grids))
+                   for top, left in grid for dy in shifts for dx in shifts
                    if top + dy < image.shape[0] and left + dx < image.shape[1]]
         if len(windows) >= limit:
             break
@@ -309,16 +309,16 @@ def export(model_dir, kind="float32", tile_size=None, calibration_images=None,
     tiles = calibration_tiles(calibration, config, tile_size) if calibration else None
     fixed = fixed_size_model(model, config, tile_size)
     if kind == "int8":
-        model_bytes, calibration = int8_model(fixed, tiles)
+        model_bytes, how_calibrated = int8_model(fixed, tiles)
     else:
-        model_bytes, calibration = convert(fixed, kind), None
+        model_bytes, how_calibrated = convert(fixed, kind), None
     if tiles is None:
         rng = np.random.default_rng(0)  # float exports: any input shows agreement
         tile = tile_size if a.is_volume else (tile_size, tile_size)
         tiles = rng.random((CHECK_TILES, 1, *tile, a.channels), np.float32)
     check = agreement(model, model_bytes, tiles[:CHECK_TILES])
     metadata = tflite_metadata(model_bytes, config, tile_size, kind, check, tile_choice,
-                               calibration)
+                               how_calibrated)
 
     target.parent.mkdir(exist_ok=True)
     # Sidecar first: should the second rename never happen, the sidecar's SHA-256 no longer
